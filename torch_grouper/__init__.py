@@ -1,0 +1,27 @@
+"""torch_grouper: group-structured datasets for PyTorch.
+
+Partition any dataset into per-group WebDataset tar shards on any fsspec
+filesystem, and stream the groups back as PyTorch IterableDatasets.
+"""
+__version__ = "0.1.0"
+
+from .codec import EncodeError
+from .dataset import Group, GroupedDataset, load_index
+from .engines.local import PartitionError
+from .pipeline import partition
+from .partitioners import ColumnKey, UrlDomainKey
+from .sources import SourceError
+from .tario import TarFormatError
+
+__all__ = [
+    "ColumnKey",
+    "EncodeError",
+    "Group",
+    "GroupedDataset",
+    "PartitionError",
+    "SourceError",
+    "TarFormatError",
+    "UrlDomainKey",
+    "load_index",
+    "partition",
+]

@@ -1,0 +1,199 @@
+"""Examples <-> WebDataset sample members.
+
+One example is one WebDataset sample.  Its members are:
+
+* ``KEY.json`` (always present): every field whose value is JSON data
+  (str, int, float incl. nan/inf, bool, None, lists, nested dicts), as one
+  UTF-8 JSON object;
+* ``KEY.<field>.bin`` for a ``bytes`` field;
+* ``KEY.<field>.npy`` for a numpy array (``numpy.save`` format, never pickled);
+* ``KEY.<field>.<png|jpg|...>`` for an image (its encoded bytes; a
+  ``PIL.Image`` is encoded as PNG, an HF ``Image`` feature keeps its bytes).
+
+Field names are percent-encoded in member names (no dots, no slashes), so a
+name from the data never becomes a path.  Decoding is driven by the member
+extension alone, so a shard is self-describing.  Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff")
+
+
+class EncodeError(ValueError):
+    """An example cannot be stored; the message names the field."""
+
+
+def field_member(name: str, ext: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise EncodeError(f"field name {name!r} must be a non-empty string")
+    return quote(name, safe="").replace(".", "%2E") + "." + ext
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(o)
+
+
+_encode_json = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_json_default
+).encode
+_encode_json_ascii = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+# ASCII whitespace as str.split() sees it -> b" ", anything else -> b"x"
+_WS_TABLE = bytes((32 if chr(i).isspace() else 120) if i < 128 else 120 for i in range(256))
+
+
+def count_words(s: str) -> int:
+    """``len(s.split())``, without building the list for ASCII text."""
+    if s.isascii():
+        t = s.encode("ascii").translate(_WS_TABLE)
+        return t.count(b" x") + (t[:1] == b"x")
+    return len(s.split())
+
+
+def _image_ext(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return "tiff"
+    return "bin"
+
+
+def _find_bad(value, path: str):
+    """Locate the first value JSON cannot hold; returns (path, value) or None."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, np.generic):
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            r = _find_bad(v, f"{path}[{i}]")
+            if r:
+                return r
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return (f"{path} (key {k!r})", k)
+            r = _find_bad(v, f"{path}.{k}")
+            if r:
+                return r
+        return None
+    return (path, value)
+
+
+def _encode_image(name: str, v) -> tuple[str, bytes]:
+    if isinstance(v, dict):  # HF Image feature with decode=False
+        data = v.get("bytes")
+        if data is None and v.get("path"):
+            import fsspec
+
+            with fsspec.open(v["path"], "rb") as f:
+                data = f.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise EncodeError(f"field {name!r}: image has neither bytes nor a readable path")
+        data = bytes(data)
+        return field_member(name, _image_ext(data)), data
+    buf = io.BytesIO()
+    v.save(buf, format="PNG")
+    return field_member(name, "png"), buf.getvalue()
+
+
+def encode(ex: dict, image_fields=(), raw_json: bytes | None = None):
+    """Encode one example. Returns ``(members, num_bytes, num_words)``.
+
+    ``members`` is a list of ``(suffix, data)``; the sample key is added by
+    the writer.  ``raw_json`` is the example's JSON text when the source
+    already holds it (JSON Lines), and is then stored as is.
+    """
+    if not isinstance(ex, dict):
+        raise EncodeError(f"an example must be a dict, not {type(ex).__name__}")
+    words = 0
+    binary = None
+    table = _WS_TABLE
+    for k, v in ex.items():
+        t = type(v)
+        if t is str:
+            if v.isascii():  # count_words, inlined: this loop is hot
+                w = v.encode("ascii").translate(table)
+                words += w.count(b" x") + (w[:1] == b"x")
+            else:
+                words += len(v.split())
+        elif t is bytes or t is bytearray or t is memoryview or t is np.ndarray or k in image_fields or (
+            "PIL.Image" in sys.modules and isinstance(v, sys.modules["PIL.Image"].Image)
+        ):
+            if binary is None:
+                binary = []
+            binary.append(k)
+    members = []
+    if raw_json is not None and binary is None:
+        members.append(("json", raw_json))
+    else:
+        jpart = ex if binary is None else {k: v for k, v in ex.items() if k not in binary}
+        for k in jpart:
+            if not isinstance(k, str):
+                raise EncodeError(f"field name {k!r} is not a string")
+        try:
+            try:
+                text = _encode_json(jpart).encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: keep them, escaped
+                text = _encode_json_ascii(jpart).encode("ascii")
+        except (TypeError, ValueError) as e:
+            bad = _find_bad(jpart, "")
+            if bad is None:
+                raise EncodeError(f"example cannot be stored as JSON: {e}") from None
+            path, val = bad
+            raise EncodeError(
+                f"field {path.lstrip('.')!r}: value of type {type(val).__name__} cannot be stored "
+                f"(store str, int, float, bool, None, lists, dicts with str keys, bytes, "
+                f"numpy arrays or images)"
+            ) from None
+        members.append(("json", text))
+        for k in binary or ():
+            v = ex[k]
+            if k in image_fields or not isinstance(v, (bytes, bytearray, memoryview, np.ndarray)):
+                members.append(_encode_image(k, v))
+            elif isinstance(v, np.ndarray):
+                if v.dtype.hasobject:
+                    raise EncodeError(f"field {k!r}: numpy array of dtype object cannot be stored")
+                buf = io.BytesIO()
+                np.save(buf, v, allow_pickle=False)
+                members.append((field_member(k, "npy"), buf.getvalue()))
+            else:
+                members.append((field_member(k, "bin"), bytes(v)))
+    nbytes = 0
+    for _, d in members:
+        nbytes += len(d)
+    return members, nbytes, words
+
+
+def decode_field(suffix: str, data):
+    """Decode one non-JSON member into ``(field name, value)``."""
+    name, _, ext = suffix.rpartition(".")
+    if not name:
+        name, ext = ext, "bin"
+    name = unquote(name)
+    if ext == "npy":
+        return name, np.load(io.BytesIO(data), allow_pickle=False)
+    return name, bytes(data)
+
+
+def decode_json(data) -> dict:
+    return json.loads(bytes(data) if not isinstance(data, bytes) else data)

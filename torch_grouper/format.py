@@ -1,0 +1,135 @@
+"""The on-disk layout of a torch_grouper dataset (format version 1).
+
+This is the only module that knows file names, the manifest, the index schema
+and how sample keys are built; everything else asks it.  docs/FORMAT.md is the
+human-readable contract.
+
+A dataset is a directory (local path or any fsspec URL) holding::
+
+    shard-TTTTT-KKK.tar   plain tar shards, one WebDataset sample per example
+    index.parquet         one row per group (see INDEX_SCHEMA)
+    manifest.json         written last: a directory without it is incomplete
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import pyarrow as pa
+
+FORMAT_NAME = "torch_grouper"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.parquet"
+SHARD_RE = re.compile(r"^shard-\d{5}-\d{3}\.tar$")
+#: Names a partition may leave behind in an incomplete dataset directory.
+OWNED_RE = re.compile(r"^(shard-\d{5}-\d{3}\.tar|index\.parquet|manifest\.json)$")
+
+#: Number of hash buckets the map phase spills into.  Fixed (independent of
+#: the number of workers) so that output is identical for any worker count.
+NUM_BUCKETS = 1024
+BUCKET_SHIFT = 64 - 10
+
+GROUP_ID_TYPES = ("str", "int", "bytes")
+
+
+def shard_name(task: int, part: int) -> str:
+    return f"shard-{task:05d}-{part:03d}.tar"
+
+
+# ----------------------------------------------------------------- group ids
+def group_id_type(gid: Any) -> str | None:
+    """The format's name for a group id's type, or None if not allowed."""
+    t = type(gid)
+    if t is str:
+        return "str"
+    if t is int:
+        return "int"
+    if t is bytes:
+        return "bytes"
+    if t is bool:
+        return None
+    # numpy integers and str subclasses are accepted as their base type
+    if isinstance(gid, str):
+        return "str"
+    if isinstance(gid, bytes):
+        return "bytes"
+    if hasattr(gid, "__index__") and not isinstance(gid, float):
+        return "int"
+    return None
+
+
+def canonical_group_id(gid: Any, kind: str) -> bytes:
+    """Bytes that identify a group id; used for hashing and ordering."""
+    if kind == "str":
+        return str(gid).encode("utf-8", "surrogatepass")
+    if kind == "int":
+        return str(int(gid)).encode()
+    return bytes(gid)
+
+
+def group_hash(canon: bytes) -> int:
+    """Stable 64-bit hash of a canonical group id (blake2b)."""
+    return int.from_bytes(hashlib.blake2b(canon, digest_size=8).digest(), "big")
+
+
+def decode_group_id(canon: bytes, kind: str) -> Any:
+    if kind == "str":
+        return canon.decode("utf-8", "surrogatepass")
+    if kind == "int":
+        return int(canon)
+    return canon
+
+
+def sample_key(ghash: int, salt: int, ordinal: int) -> str:
+    """WebDataset sample key of one example: group hash + ordinal.
+
+    Keys never contain the raw group id (ids may hold dots, slashes, '..'),
+    only its 64-bit hash; ``salt`` separates the rare groups whose hashes
+    collide.  Keys hold no dot, so stock readers split ``KEY.EXT`` right.
+    """
+    if salt:
+        return f"{ghash:016x}x{salt}_{ordinal:010d}"
+    return f"{ghash:016x}_{ordinal:010d}"
+
+
+# --------------------------------------------------------------------- index
+def index_schema(kind: str) -> pa.Schema:
+    gid_type = {"str": pa.string(), "int": pa.int64(), "bytes": pa.binary()}[kind]
+    return pa.schema(
+        [
+            ("group_id", gid_type),
+            ("shard", pa.string()),
+            ("offset", pa.int64()),
+            ("length", pa.int64()),
+            ("num_examples", pa.int64()),
+            ("num_bytes", pa.int64()),
+            ("num_words", pa.int64()),
+        ]
+    )
+
+
+INDEX_COLUMNS = tuple(index_schema("str").names)
+
+
+# ------------------------------------------------------------------ manifest
+def dump_manifest(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def parse_manifest(raw: bytes, where: str) -> dict:
+    try:
+        m = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"{where}: manifest.json is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where}: manifest.json is not a torch_grouper manifest")
+    v = m.get("format_version")
+    if v != FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: dataset format version {v!r} is not supported by this "
+            f"torch_grouper (reads version {FORMAT_VERSION})"
+        )
+    return m

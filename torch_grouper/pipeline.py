@@ -1,0 +1,154 @@
+"""``partition()``: any dataset in, a grouped dataset (shards + index + manifest) out."""
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__
+from . import format as fmt
+from .engines import local
+from .partitioners import describe_key, key_function
+from .sources import as_source
+from .writer import json_safe, write_index, write_manifest
+
+DEFAULT_SHARD_SIZE = 256 << 20
+DEFAULT_MEMORY_BUDGET = 512 << 20
+
+
+def partition(
+    source,
+    key,
+    output: str | os.PathLike,
+    *,
+    num_workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    tmp_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Partition ``source`` into per-group WebDataset shards at ``output``.
+
+    Args:
+        source: a ``datasets.Dataset`` or ``datasets.IterableDataset``
+            (streaming), a path / glob / list of JSON Lines, Parquet, CSV or
+            text files (local or any fsspec URL, optionally compressed), or
+            any iterable of example dicts.
+        key: a column name, or a callable ``example -> str | int | bytes``
+            (lambdas are fine), or a key object from
+            ``torch_grouper.partitioners``.
+        output: the dataset directory, a local path or fsspec URL.
+        num_workers: processes for the map and write steps (default: CPU count).
+            The output is byte-identical for any value.
+        shard_size: target bytes per shard.  Shards roll over at group
+            boundaries; a group larger than this gets a shard of its own and
+            is never split.
+        overwrite: replace a complete dataset already at ``output``.
+        storage_options: passed to fsspec for ``output`` and file sources.
+        memory_budget: bytes of examples held in memory for sorting, over all
+            workers; beyond it records spill to ``tmp_dir``.  Bounds memory
+            whatever the input size and the size of the largest group.
+        tmp_dir: local directory for spill files (default: the system temp dir).
+        progress: show tqdm progress bars.
+
+    Returns:
+        The dataset's manifest (a dict): counts, shards, schema, partition spec.
+
+    Every example is read, keyed and encoded before ``output`` is touched,
+    so bad input (a missing key column, an unusable key, a value that cannot
+    be stored) raises ``PartitionError`` naming the example and leaves any
+    dataset already there intact.  ``manifest.json`` is written last.
+    """
+    t0 = time.perf_counter()
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    keyfn = key_function(key)
+    storage_options = dict(storage_options or {})
+    out_url = os.fspath(output)
+    fs, root = fsspec.core.url_to_fs(out_url, **storage_options)
+    root = root.rstrip("/") or "/"
+    _check_output(fs, root, out_url, overwrite)
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    src = as_source(source, storage_options, num_workers)
+    if src.slices:
+        num_workers = min(num_workers, len(src.slices))
+
+    def before_write():
+        _clear_output(fs, root)
+
+    n, kind, results = local.run(
+        src, keyfn, out_url, num_workers=num_workers, shard_size=shard_size,
+        memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
+        progress=progress, before_write=before_write,
+    )
+    if not results:  # an empty source still makes a (complete, empty) dataset
+        fs.makedirs(root, exist_ok=True)
+    tables = [t for t, _ in results]
+    shards = [s for _, sh in results for s in sh]
+    index = pa.concat_tables(tables) if tables else fmt.index_schema(kind).empty_table()
+    index_info = write_index(fs, root, index)
+    num_bytes = int(pc.sum(index["num_bytes"]).as_py() or 0) if index.num_rows else 0
+    manifest = {
+        "format": fmt.FORMAT_NAME,
+        "format_version": fmt.FORMAT_VERSION,
+        "created_by": f"torch_grouper {__version__}",
+        "num_groups": index.num_rows,
+        "num_examples": n,
+        "num_bytes": num_bytes,
+        "group_id_type": kind,
+        "features": src.features,
+        "partition": {
+            "key": json_safe(describe_key(keyfn)),
+            "shard_size": shard_size,
+            "num_buckets": fmt.NUM_BUCKETS,
+            "hash": "blake2b-64",
+            "source": {"description": src.description, "fingerprint": src.fingerprint},
+        },
+        "index": index_info,
+        "shards": shards,
+    }
+    write_manifest(fs, root, manifest)
+    manifest["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    return manifest
+
+
+def _check_output(fs, root: str, url: str, overwrite: bool) -> None:
+    if fs.exists(posixpath.join(root, fmt.MANIFEST)):
+        if not overwrite:
+            raise FileExistsError(
+                f"{url} already holds a complete torch_grouper dataset; pass overwrite=True to replace it"
+            )
+        return
+    if fs.exists(root):
+        if not fs.isdir(root):
+            raise FileExistsError(f"{url} exists and is not a directory")
+        foreign = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        foreign = [p for p in foreign if not fmt.OWNED_RE.match(p)]
+        if foreign and not overwrite:
+            raise FileExistsError(
+                f"{url} is not empty and holds no torch_grouper dataset (found {sorted(foreign)[:5]}); "
+                f"choose an empty or new directory, or pass overwrite=True"
+            )
+
+
+def _clear_output(fs, root: str) -> None:
+    """Remove a previous dataset (manifest first, so it stops being complete)."""
+    manifest = posixpath.join(root, fmt.MANIFEST)
+    if fs.exists(manifest):
+        fs.rm(manifest)
+    if fs.exists(root):
+        owned = [p for p in fs.ls(root, detail=False) if fmt.OWNED_RE.match(posixpath.basename(p.rstrip("/")))]
+        if owned:
+            fs.rm(owned)
+    else:
+        fs.makedirs(root, exist_ok=True)
+    fs.invalidate_cache(root)

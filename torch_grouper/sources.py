@@ -1,0 +1,344 @@
+"""Input adapters: turn what the user passes to ``partition`` into slices.
+
+A *slice* is a small picklable description of a unit of map work (a byte
+range of a JSON Lines file, a row range of a Hugging Face ``Dataset``, some
+row groups of a Parquet file, a chunk of a Python iterable).  Slices are
+numbered in input order; an example's position is (slice number, ordinal in
+the slice), which is what keeps groups in input order whatever the number of
+workers.
+
+Every slice iterator yields ``(example, raw_json, loc)``: ``raw_json`` is the
+example's JSON text when the source already holds it (JSON Lines), else None;
+``loc`` locates the example for error messages (a row index or byte offset).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import fsspec
+
+SLICE_BYTES = 32 << 20  # largest byte range of one file slice
+SLICE_MIN_BYTES = 4 << 20
+HF_SLICE_ROWS = 50_000
+CHUNK_EXAMPLES = 5_000  # examples per chunk of a streamed (iterable) source
+
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+_EXT_KIND = {
+    ".jsonl": "json", ".json": "json", ".ndjson": "json",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv", ".tsv": "csv",
+    ".txt": "text", ".text": "text",
+}
+
+
+class SourceError(ValueError):
+    """The source cannot be read; the message names the file or example."""
+
+
+@dataclass
+class Source:
+    """What the engine needs from an input."""
+
+    description: str
+    kind: str
+    slices: list = field(default_factory=list)  # empty for streamed sources
+    features: dict | None = None  # HF Features as a dict, when known
+    image_fields: tuple = ()
+    fingerprint: str | None = None
+    obj: Any = None  # the HF Dataset, for row-range slices
+    stream: Iterable | None = None  # a streamed source, chunked by the engine
+    storage_options: dict | None = None
+
+    # ------------------------------------------------------------ reading
+    def iter_slice(self, s) -> Iterator[tuple[dict, bytes | None, Any]]:
+        kind = s[0]
+        if kind == "chunk":
+            _, start, payload = s
+            for i, ex in enumerate(pickle.loads(payload)):
+                yield ex, None, start + i
+        elif kind == "rows":
+            yield from _iter_hf_rows(self.obj, s[1], s[2])
+        elif kind == "json":
+            yield from _iter_lines(s[1], s[2], s[3], self.storage_options, parse_json=True)
+        elif kind == "text":
+            yield from _iter_lines(s[1], s[2], s[3], self.storage_options, parse_json=False)
+        elif kind == "parquet":
+            yield from _iter_parquet(s[1], s[2], self.storage_options)
+        elif kind == "csv":
+            yield from _iter_csv(s[1], self.storage_options)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+
+    def where(self, s, loc) -> str:
+        kind = s[0]
+        if kind == "chunk":
+            return f"example {loc}"
+        if kind == "rows":
+            return f"example {loc} (row {loc} of the dataset)"
+        if kind in ("json", "text"):
+            return f"{s[1]}: line at byte {loc}"
+        return f"{s[1]}: row {loc}"
+
+    def chunks(self) -> Iterator[tuple]:
+        """Cut a streamed source into chunk slices (runs in the main process)."""
+        buf: list = []
+        start = 0
+        for ex in self.stream:
+            buf.append(ex)
+            if len(buf) >= CHUNK_EXAMPLES:
+                yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
+                start += len(buf)
+                buf = []
+        if buf:
+            yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+# ---------------------------------------------------------------- dispatch
+def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) -> Source:
+    """Recognise the kind of source and describe it.
+
+    ``parallelism`` (the number of workers) sets how finely files are cut
+    into slices; it never changes the output, only the balance of work.
+    """
+    if isinstance(obj, Source):
+        return obj
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        datasets = None
+    if datasets is not None and isinstance(obj, datasets.DatasetDict):
+        raise SourceError(
+            f"got a DatasetDict with splits {list(obj)}; pass one split, e.g. source=dsdict['train']"
+        )
+    if datasets is not None and isinstance(obj, datasets.Dataset):
+        return _hf_source(obj)
+    if datasets is not None and isinstance(obj, datasets.IterableDataset):
+        feats = obj.features
+        return Source(
+            description=f"HF IterableDataset ({obj.n_shards} shard(s))",
+            kind="iterable",
+            features=feats.to_dict() if feats is not None else None,
+            image_fields=_image_fields(feats),
+            stream=_hf_stream(obj),
+        )
+    if isinstance(obj, (str, os.PathLike)) or (
+        isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj)
+    ):
+        return _file_source(obj, storage_options, parallelism)
+    if isinstance(obj, dict):
+        raise SourceError("got a dict; pass an iterable of example dicts (or a datasets.Dataset)")
+    if isinstance(obj, Iterable):
+        return Source(description=f"iterable ({type(obj).__name__})", kind="iterable", stream=obj)
+    raise SourceError(
+        f"cannot partition a {type(obj).__name__}: pass a datasets.Dataset / IterableDataset, "
+        f"a path, glob or list of JSONL / Parquet / CSV / text files, or an iterable of dicts"
+    )
+
+
+def _image_fields(features) -> tuple:
+    if features is None:
+        return ()
+    import datasets
+
+    return tuple(k for k, f in features.items() if isinstance(f, datasets.Image))
+
+
+def _hf_source(ds) -> Source:
+    import datasets
+
+    img = _image_fields(ds.features)
+    features = ds.features.to_dict()
+    for k in img:  # keep the encoded bytes; never decode and re-encode
+        ds = ds.cast_column(k, datasets.Image(decode=False))
+    n = len(ds)
+    slices = [("rows", a, min(n, a + HF_SLICE_ROWS)) for a in range(0, n, HF_SLICE_ROWS)]
+    return Source(
+        description=f"HF Dataset ({n} rows, columns {ds.column_names})",
+        kind="hf",
+        slices=slices,
+        features=features,
+        image_fields=img,
+        fingerprint=getattr(ds, "_fingerprint", None),
+        obj=ds,
+    )
+
+
+def _hf_stream(ds):
+    import datasets
+
+    for k in _image_fields(ds.features):
+        ds = ds.cast_column(k, datasets.Image(decode=False))
+    yield from ds
+
+
+def _iter_hf_rows(ds, start: int, stop: int):
+    arrow = ds.with_format("arrow")
+    step = 2_000
+    for a in range(start, stop, step):
+        rows = arrow[a : min(stop, a + step)].to_pylist()
+        for i, ex in enumerate(rows):
+            yield ex, None, a + i
+
+
+# ------------------------------------------------------------------- files
+def _expand(paths, storage_options):
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        fs, _, _ = fsspec.get_fs_token_paths(p, storage_options=storage_options or {})
+        if any(c in p for c in "*?["):
+            found = sorted(fs.glob(p))
+            if not found:
+                raise SourceError(f"no file matches {p!r}")
+            out.extend((fs, f) for f in found)
+        else:
+            root = fs._strip_protocol(p)
+            if not fs.exists(root):
+                raise SourceError(f"input file {p!r} does not exist")
+            if fs.isdir(root):
+                found = sorted(f for f in fs.find(root) if _kind_of(f, None) is not None)
+                if not found:
+                    raise SourceError(f"directory {p!r} holds no JSONL, Parquet, CSV or text files")
+                out.extend((fs, f) for f in found)
+            else:
+                out.append((fs, root))
+    return out
+
+
+def _strip_compression(path: str) -> str:
+    base = path.lower()
+    for c in _COMPRESSED:
+        if base.endswith(c):
+            return base[: -len(c)]
+    return base
+
+
+def _kind_of(path: str, default):
+    base = _strip_compression(path)
+    for ext, kind in _EXT_KIND.items():
+        if base.endswith(ext):
+            return kind
+    return default
+
+
+def _file_source(paths, storage_options, parallelism) -> Source:
+    files = _expand(paths, storage_options)
+    total = sum(int(fs.info(f).get("size") or 0) for fs, f in files)
+    step = max(SLICE_MIN_BYTES, min(SLICE_BYTES, total // (4 * max(1, parallelism)) + 1))
+    slices = []
+    kinds = set()
+    fp = hashlib.sha256()
+    for fs, f in files:
+        kind = _kind_of(f, None)
+        if kind is None:
+            raise SourceError(
+                f"{f}: unknown file type; expected .jsonl/.json, .parquet, .csv/.tsv or .txt "
+                f"(optionally compressed), or load it with datasets.load_dataset and pass the Dataset"
+            )
+        kinds.add(kind)
+        info = fs.info(f)
+        size = int(info.get("size") or 0)
+        url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
+        fp.update(f"{url}\0{size}\0{info.get('mtime', info.get('LastModified', ''))}\0".encode())
+        compressed = f.lower().endswith(_COMPRESSED)
+        if kind in ("json", "text"):
+            if compressed or size <= step:
+                slices.append((kind, url, 0, None))
+            else:
+                for a in range(0, size, step):
+                    slices.append((kind, url, a, min(size, a + step)))
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
+
+            with fs.open(f, "rb") as fh:
+                nrg = pq.ParquetFile(fh).metadata.num_row_groups
+            per = 4
+            for a in range(0, max(nrg, 1), per):
+                slices.append(("parquet", url, list(range(a, min(nrg, a + per)))))
+        else:
+            slices.append(("csv", url))
+    if len(kinds) > 1:
+        raise SourceError(f"input files mix kinds {sorted(kinds)}; partition one kind at a time")
+    return Source(
+        description=f"{len(files)} {kinds.pop()} file(s)",
+        kind="files",
+        slices=slices,
+        fingerprint=fp.hexdigest(),
+        storage_options=storage_options,
+    )
+
+
+def _iter_lines(url, start, end, storage_options, parse_json):
+    """Lines whose first byte lies in [start, end) (end None: to the end of file)."""
+    loads = json.loads
+    stop = (1 << 62) if end is None else end
+    with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as f:
+        pos = 0
+        if start:
+            f.seek(start - 1)
+            pos = start - 1 + len(f.readline())  # the line holding byte start-1 is not ours
+        rest = b""
+        while pos < stop:
+            block = f.read(4 << 20)
+            if pos == 0 and block.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                block = block[3:]
+                pos = 3
+            if block:
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+            else:
+                lines = [rest] if rest else []
+            for line in lines:
+                loc = pos
+                pos += len(line) + 1
+                if loc >= stop:
+                    return
+                if line[-1:] == b"\r":
+                    line = line[:-1]
+                if not parse_json:
+                    yield {"text": line.decode("utf-8")}, None, loc
+                    continue
+                if not line or line.isspace():
+                    continue
+                try:
+                    ex = loads(line)
+                except ValueError as e:
+                    raise SourceError(f"{url}: line at byte {loc}: invalid JSON ({e})") from None
+                if type(ex) is not dict:
+                    raise SourceError(
+                        f"{url}: line at byte {loc}: a JSON Lines example must be an object, "
+                        f"not {type(ex).__name__}"
+                    )
+                yield ex, line, loc
+            if not block:
+                return
+
+
+def _iter_parquet(url, row_groups, storage_options):
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        pf = pq.ParquetFile(f)
+        row = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
+        for batch in pf.iter_batches(row_groups=row_groups, batch_size=4096):
+            for ex in batch.to_pylist():
+                yield ex, None, row
+                row += 1
+
+
+def _iter_csv(url, storage_options):
+    import datasets
+
+    extra = {"sep": "\t"} if _strip_compression(url).endswith(".tsv") else {}
+    ds = datasets.load_dataset(
+        "csv", data_files=[url], split="train", streaming=True, storage_options=storage_options, **extra
+    )
+    for i, ex in enumerate(ds):
+        yield ex, None, i

@@ -1,0 +1,170 @@
+"""Minimal, fast POSIX tar (ustar + pax) writing and reading.
+
+Python's ``tarfile`` builds a ``TarInfo`` object per member and is the
+bottleneck when shards hold hundreds of thousands of small members
+(benchmarks/tar_io.py measures both).  What we write here is plain ustar that
+``tarfile``, GNU tar, ``webdataset`` and ``datasets`` read; names longer than
+100 bytes get a standard pax ``path`` record.
+
+The reader accepts only regular files (plus the pax / GNU long-name records
+that describe them).  Links, devices, directories and names that are
+absolute or contain ``..`` are rejected with an error naming the byte offset.
+"""
+from __future__ import annotations
+
+BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+
+
+class TarFormatError(ValueError):
+    """A shard is not a well-formed tar of regular files."""
+
+
+def _template() -> tuple[bytearray, int]:
+    h = bytearray(BLOCK)
+    h[100:108] = b"0000644\0"  # mode
+    h[108:116] = b"0000000\0"  # uid
+    h[116:124] = b"0000000\0"  # gid
+    h[136:148] = b"00000000000\0"  # mtime: 0, so output is reproducible
+    h[148:156] = b"        "  # checksum placeholder (spaces)
+    h[156:157] = b"0"  # regular file
+    h[257:263] = b"ustar\0"
+    h[263:265] = b"00"
+    h[329:337] = b"0000000\0"  # devmajor
+    h[337:345] = b"0000000\0"  # devminor
+    return h, sum(h)
+
+
+_TEMPLATE, _TEMPLATE_SUM = _template()
+_PADS = [b"\0" * ((BLOCK - i) % BLOCK) for i in range(BLOCK)]
+
+
+def _size_field(size: int) -> bytes:
+    if size < 0o77777777777:
+        return b"%011o\0" % size
+    # GNU base-256 for members of 8 GiB and more (read by tarfile and GNU tar)
+    return bytes([0x80]) + size.to_bytes(11, "big")
+
+
+def _header(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
+    h = bytearray(_TEMPLATE)
+    h[0 : len(name)] = name
+    sf = _size_field(size)
+    h[124:136] = sf
+    chk = _TEMPLATE_SUM + sum(name) + sum(sf)
+    if typeflag != b"0":
+        h[156:157] = typeflag
+        chk += typeflag[0] - ord("0")
+    h[148:156] = b"%06o\0 " % chk
+    return bytes(h)
+
+
+def member(name: str, data: bytes) -> list[bytes]:
+    """The byte chunks of one tar member (header, data, padding)."""
+    bname = name.encode("utf-8")
+    n = len(data)
+    if len(bname) <= 100:
+        return [_header(bname, n), data, _PADS[n % BLOCK]]
+    rec = b" path=" + bname + b"\n"
+    # the length prefix counts itself
+    ln = len(rec) + 1
+    while len(str(ln)) + len(rec) != ln:
+        ln = len(str(ln)) + len(rec)
+    pax = str(ln).encode() + rec
+    return [
+        _header(b"././@PaxHeader", len(pax), b"x"),
+        pax,
+        _PADS[len(pax) % BLOCK],
+        _header(bname[:100], n),
+        data,
+        _PADS[n % BLOCK],
+    ]
+
+
+def padded_size(n: int) -> int:
+    return BLOCK + n + (-n) % BLOCK
+
+
+def _bad(where: str, offset: int, msg: str) -> TarFormatError:
+    return TarFormatError(f"{where}: byte offset {offset}: {msg}")
+
+
+def _parse_size(field: bytes, where: str, offset: int) -> int:
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    s = field.rstrip(b"\0 ").lstrip(b" ")
+    try:
+        return int(s, 8) if s else 0
+    except ValueError:
+        raise _bad(where, offset, f"corrupt tar header (size field {field!r})") from None
+
+
+def check_name(name: str, where: str, offset: int) -> str:
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise _bad(where, offset, f"unsafe member name {name!r}")
+    return name
+
+
+def iter_members(buf, where: str, base: int = 0):
+    """Yield ``(name, data)`` for each regular-file member of a tar byte buffer.
+
+    ``buf`` is bytes/bytearray/memoryview holding whole members; ``base`` is
+    the buffer's offset inside the shard, used only in error messages.
+    Stops at the end-of-archive marker or the end of the buffer.
+    """
+    pos = 0
+    end = len(buf)
+    longname = None
+    while pos + BLOCK <= end:
+        h = buf[pos : pos + BLOCK]
+        if h[257:262] != b"ustar":
+            if not any(h):
+                return
+            raise _bad(where, base + pos, "not a tar header (corrupt or truncated shard)")
+        size = _parse_size(h[124:136], where, base + pos)
+        start = pos + BLOCK
+        stop = start + size
+        if stop > end:
+            raise _bad(where, base + pos, f"member of {size} bytes runs past the end of the data (truncated shard)")
+        flag = h[156:157]
+        if flag == b"0" or flag == b"\0":
+            if longname is not None:
+                name = longname
+                longname = None
+            else:
+                name = bytes(h[0:100]).split(b"\0", 1)[0]
+                prefix = bytes(h[345:500]).split(b"\0", 1)[0]
+                if prefix:
+                    name = prefix + b"/" + name
+                name = name.decode("utf-8", "surrogateescape")
+            yield name, buf[start:stop]
+        elif flag == b"x":
+            longname = _pax_path(bytes(buf[start:stop]), where, base + pos) or longname
+        elif flag == b"L":
+            longname = bytes(buf[start:stop]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif flag == b"g":
+            pass
+        else:
+            raise _bad(where, base + pos, f"member type {flag!r} is not a regular file")
+        pos = stop + (-size) % BLOCK
+
+
+def _pax_path(data: bytes, where: str, offset: int):
+    path = None
+    i = 0
+    while i < len(data):
+        sp = data.find(b" ", i)
+        if sp < 0:
+            raise _bad(where, offset, "corrupt pax header")
+        try:
+            ln = int(data[i:sp])
+        except ValueError:
+            raise _bad(where, offset, "corrupt pax header") from None
+        rec = data[sp + 1 : i + ln - 1]
+        k, _, v = rec.partition(b"=")
+        if k == b"path":
+            path = v.decode("utf-8", "surrogateescape")
+        i += ln
+        if ln <= 0:
+            raise _bad(where, offset, "corrupt pax header")
+    return path
