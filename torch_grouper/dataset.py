@@ -192,7 +192,7 @@ def _decode_group(buf: bytes, where: str, base: int) -> list:
             if buf[pos + 257 : pos + 262] != b"ustar" or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
                 break  # not a plain ustar regular file with a short name
             name_end = buf.find(b"\0", pos, pos + 100)
-            if buf[name_end - 5 : name_end] != b".json":
+            if buf[name_end - 5 : name_end] != b".json" or buf.find(b"/", pos, name_end) >= 0:
                 break
             size = int(buf[pos + 124 : pos + 135], 8)
             data_end = pos + BLOCK + size

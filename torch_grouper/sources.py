@@ -84,18 +84,38 @@ class Source:
             return f"{s[1]}: line at byte {loc}"
         return f"{s[1]}: row {loc}"
 
-    def chunks(self) -> Iterator[tuple]:
-        """Cut a streamed source into chunk slices (runs in the main process)."""
+    def chunks(self, max_bytes: int = 16 << 20) -> Iterator[tuple]:
+        """Cut a streamed source into chunk slices (runs in the main process).
+
+        A chunk closes at CHUNK_EXAMPLES examples or about ``max_bytes`` of
+        string / binary data, so a few large examples never make a huge chunk.
+        """
         buf: list = []
         start = 0
+        size = 0
         for ex in self.stream:
             buf.append(ex)
-            if len(buf) >= CHUNK_EXAMPLES:
+            size += _approx_size(ex)
+            if len(buf) >= CHUNK_EXAMPLES or size >= max_bytes:
+                size = 0
                 yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
                 start += len(buf)
                 buf = []
         if buf:
             yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _approx_size(ex) -> int:
+    n = 64
+    if isinstance(ex, dict):
+        for v in ex.values():
+            if isinstance(v, (str, bytes, bytearray)):
+                n += len(v)
+            elif hasattr(v, "nbytes"):
+                n += int(v.nbytes)
+            else:
+                n += 16
+    return n
 
 
 # ---------------------------------------------------------------- dispatch
@@ -135,7 +155,7 @@ def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) ->
     if isinstance(obj, Iterable):
         return Source(description=f"iterable ({type(obj).__name__})", kind="iterable", stream=obj)
     raise SourceError(
-        f"cannot partition a {type(obj).__name__}: pass a datasets.Dataset / IterableDataset, "
+        f"cannot partition an object of type {type(obj).__name__}: pass a datasets.Dataset / IterableDataset, "
         f"a path, glob or list of JSONL / Parquet / CSV / text files, or an iterable of dicts"
     )
 

@@ -137,6 +137,8 @@ def iter_members(buf, where: str, base: int = 0):
                 if prefix:
                     name = prefix + b"/" + name
                 name = name.decode("utf-8", "surrogateescape")
+            if name[:1] == "/" or ".." in name:
+                check_name(name, where, base + pos)
             yield name, buf[start:stop]
         elif flag == b"x":
             longname = _pax_path(bytes(buf[start:stop]), where, base + pos) or longname

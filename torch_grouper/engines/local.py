@@ -259,7 +259,8 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
     tmpdir = tempfile.mkdtemp(prefix="torch_grouper-", dir=tmp_dir)
     pool = None
     try:
-        items = source.slices if source.stream is None else source.chunks()
+        chunk_bytes = max(1 << 20, min(16 << 20, budget // 4))
+        items = source.slices if source.stream is None else source.chunks(chunk_bytes)
         if num_workers > 1:
             # the stream stays in this process; workers get its chunks
             pool = _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget))
