@@ -1,0 +1,46 @@
+"""Command line: ``torch-grouper partition|stats|info`` (also ``python -m torch_grouper``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="torch-grouper", description="Group-structured datasets for PyTorch.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("partition", help="partition files into per-group shards")
+    a.add_argument("source", nargs="+", help="JSONL / Parquet / CSV / text files, globs or URLs")
+    a.add_argument("output")
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key", help="column holding the group id")
+    g.add_argument("--url-domain", metavar="COLUMN", help="group by the host of a URL column")
+    a.add_argument("--workers", type=int, default=None)
+    a.add_argument("--shard-size", type=int, default=256 << 20)
+    a.add_argument("--overwrite", action="store_true")
+    s = sub.add_parser("stats", help="group statistics of a dataset (from its index)")
+    s.add_argument("path")
+    s.add_argument("--plot", help="write a PNG of the group-size distribution")
+    s.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch_grouper as tg
+    from torch_grouper.stats import format_summary, plot_group_sizes, summary
+
+    if args.cmd == "partition":
+        key = tg.UrlDomainKey(args.url_domain) if args.url_domain else args.key
+        src = args.source if len(args.source) > 1 else args.source[0]
+        m = tg.partition(src, key, args.output, num_workers=args.workers, shard_size=args.shard_size,
+                         overwrite=args.overwrite)
+        print(f"{m['num_examples']:,} examples, {m['num_groups']:,} groups, {len(m['shards'])} shards "
+              f"-> {args.output} ({m['elapsed_s']:.2f} s)")
+    else:
+        st = summary(tg.GroupedDataset(args.path))
+        print(json.dumps(st, indent=1) if args.json else format_summary(st))
+        if args.plot:
+            print(f"plot: {plot_group_sizes(args.path, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
