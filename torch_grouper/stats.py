@@ -8,12 +8,12 @@ PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
 
 
 def _as_index(obj) -> pa.Table:
+    from .dataset import GroupedDataset, load_index
+
     if isinstance(obj, pa.Table):
         return obj
-    if hasattr(obj, "index"):
+    if isinstance(obj, GroupedDataset):
         return obj.index
-    from .dataset import load_index
-
     return load_index(obj)
 
 
