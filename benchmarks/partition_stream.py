@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Partition + full-stream benchmark on the C4-shaped corpus, against peers, in one run.
+
+    python benchmarks/partition_stream.py                  # c4s_100k, flwr-datasets + webdataset
+    python benchmarks/partition_stream.py --dsgp           # + Dataset Grouper (~5 min)
+
+Measures, for the corpus grouped by URL domain:
+  * torch_grouper: partition time, time to stream every example of every group
+    in one process, peak RSS (main process and largest worker);
+  * flwr-datasets 0.6.1 (NaturalIdPartitioner; cold cache, as a first run);
+  * plain webdataset (no groups: write and read every example), the ceiling;
+  * Dataset Grouper 0.3.0 with --dsgp.
+Peers run from the virtual environments named in ../shared/bench/README.md.
+Prints a table and the ratios; numbers from different machines don't compare.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BENCH = os.path.join(ROOT, "..", "shared", "bench")
+
+OURS = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch_grouper as tg
+    src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    t0 = time.perf_counter()
+    m = tg.partition(src, tg.UrlDomainKey("url"), out, num_workers=workers, overwrite=True, progress=False)
+    t1 = time.perf_counter()
+    ds = tg.GroupedDataset(out)
+    g = n = nbytes = 0
+    for grp in ds:
+        g += 1
+        for ex in grp:
+            n += 1
+            nbytes += len(ex["text"])
+    t2 = time.perf_counter()
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"groups": g, "examples": n, "text_bytes": nbytes, "partition_s": t1 - t0,
+                      "iterate_s": t2 - t1, "shards": len(m["shards"]),
+                      "rss_main_mb": me / 1024, "rss_worker_mb": kids / 1024}))
+""")
+
+
+def sh(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def parse_peer(out):
+    line = [ln for ln in out.splitlines() if "partition_s=" in ln or "write_s=" in ln][-1]
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default="/tmp/c4s_100k.jsonl")
+    p.add_argument("--make", default="100000,20000", help="N_EXAMPLES,N_DOMAINS if the corpus is missing")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--flwr-python", default="/tmp/flvenv/bin/python")
+    p.add_argument("--dsgp", action="store_true", help="also run Dataset Grouper (slow)")
+    p.add_argument("--dsgp-python", default="/tmp/dgvenv/bin/python")
+    p.add_argument("--repeat", type=int, default=1, help="runs of torch_grouper (best is kept)")
+    a = p.parse_args()
+
+    if not os.path.exists(a.corpus):
+        n, d = a.make.split(",")
+        sh([sys.executable, os.path.join(BENCH, "make_corpus.py"), a.corpus, n, d])
+    work = tempfile.mkdtemp(prefix="tg-bench-")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = {}
+    try:
+        best = None
+        for _ in range(a.repeat):
+            r = json.loads(sh([sys.executable, "-c", OURS, a.corpus, os.path.join(work, "tg"), str(a.workers)],
+                              env=env).strip().splitlines()[-1])
+            best = r if best is None or r["partition_s"] + r["iterate_s"] < best["partition_s"] + best["iterate_s"] else best
+        rows["torch_grouper"] = best
+        if os.path.exists(a.flwr_python):
+            shutil.rmtree("/tmp/hfcache_flwr", ignore_errors=True)  # cold, like a first run
+            rows["flwr-datasets 0.6.1"] = parse_peer(sh([a.flwr_python, os.path.join(BENCH, "peer_flwr.py"), a.corpus]))
+        else:
+            print(f"(flwr-datasets skipped: {a.flwr_python} missing; see ../shared/bench/README.md)")
+        w = parse_peer(sh([sys.executable, os.path.join(BENCH, "ceiling_wds.py"), a.corpus, os.path.join(work, "wds")]))
+        rows["plain webdataset (no groups)"] = {"examples": w["examples"], "partition_s": w["write_s"],
+                                                "iterate_s": w["read_s"]}
+        if a.dsgp:
+            rows["dataset-grouper 0.3.0"] = parse_peer(
+                sh([a.dsgp_python, os.path.join(BENCH, "peer_dsgp.py"), a.corpus, os.path.join(work, "dg")]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\ncorpus {a.corpus}: {best['examples']:,} examples, {best['groups']:,} domain groups; "
+          f"torch_grouper with {a.workers} workers, {best['shards']} shards")
+    print(f"{'system':<30} {'partition s':>12} {'stream s':>9} {'examples/s':>11}")
+    for name, r in rows.items():
+        print(f"{name:<30} {r['partition_s']:>12.2f} {r['iterate_s']:>9.2f} {r['examples'] / r['iterate_s']:>11,.0f}")
+    print(f"torch_grouper peak RSS: main {best['rss_main_mb']:.0f} MB, largest worker {best['rss_worker_mb']:.0f} MB")
+    ours_rate = best["examples"] / best["iterate_s"]
+    for name, r in rows.items():
+        if name == "torch_grouper":
+            continue
+        print(f"vs {name}: partition time ratio {best['partition_s'] / r['partition_s']:.2f} "
+              f"(<= 1 is faster), stream rate {ours_rate / (r['examples'] / r['iterate_s']):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
