@@ -46,17 +46,17 @@ def _size_field(size: int) -> bytes:
     return bytes([0x80]) + size.to_bytes(11, "big")
 
 
+_MID = bytes(_TEMPLATE[100:124])  # mode, uid, gid
+_MTIME = bytes(_TEMPLATE[136:148])
+_TAIL = {f: f + bytes(_TEMPLATE[157:BLOCK]) for f in (b"0", b"x")}
+
+
 def _header(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
-    h = bytearray(_TEMPLATE)
-    h[0 : len(name)] = name
-    sf = _size_field(size)
-    h[124:136] = sf
-    chk = _TEMPLATE_SUM + sum(name) + sum(sf)
-    if typeflag != b"0":
-        h[156:157] = typeflag
-        chk += typeflag[0] - ord("0")
-    h[148:156] = b"%06o\0 " % chk
-    return bytes(h)
+    """A ustar header (name of at most 100 bytes), built by concatenation:
+    this runs once per member written."""
+    sf = b"%011o\0" % size if size < 0o77777777777 else _size_field(size)
+    chk = _TEMPLATE_SUM + sum(name) + sum(sf) + typeflag[0] - 48
+    return b"".join((name.ljust(100, b"\0"), _MID, sf, _MTIME, b"%06o\0 " % chk, _TAIL[typeflag]))
 
 
 def member(name: str, data: bytes) -> list[bytes]:

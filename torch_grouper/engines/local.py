@@ -86,30 +86,38 @@ def map_slice(slice_no: int, s) -> MapResult:
     canon_of = fmt.canonical_group_id
     pack = _REC.pack
     mpack = _MEM.pack
+    seen: dict = {}  # (type, group id) -> (canonical bytes, hash): ids repeat; hash each once
     for ordinal, (ex, raw, loc) in enumerate(source.iter_slice(s)):
         try:
             gid = keyfn(ex)
         except Exception as e:  # noqa: BLE001 - reported with the example's location
             raise _key_error(source, s, loc, keyfn, ex, e) from None
-        t = fmt.group_id_type(gid)
-        if t is None:
-            raise PartitionError(
-                f"{source.where(s, loc)}: group key {gid!r} of type {type(gid).__name__} is not "
-                f"allowed; a key must be a str, int or bytes"
-            )
-        if t != kind:
-            if kind is not None:
+        ck = (gid.__class__, gid)
+        try:
+            canon, h = seen[ck]
+        except (KeyError, TypeError):
+            t = fmt.group_id_type(gid)
+            if t is None:
                 raise PartitionError(
-                    f"{source.where(s, loc)}: group key {gid!r} is {t} but {kind_where} gave a "
-                    f"{kind} key; all keys must have one type"
-                )
-            kind, kind_where = t, source.where(s, loc)
-        canon = canon_of(gid, t)
+                    f"{source.where(s, loc)}: group key {gid!r} of type {type(gid).__name__} is not "
+                    f"allowed; a key must be a str, int or bytes"
+                ) from None
+            if t != kind:
+                if kind is not None:
+                    raise PartitionError(
+                        f"{source.where(s, loc)}: group key {gid!r} is {t} but {kind_where} gave a "
+                        f"{kind} key; all keys must have one type"
+                    ) from None
+                kind, kind_where = t, source.where(s, loc)
+            canon = canon_of(gid, t)
+            h = blake(canon)
+            if len(seen) > 200_000:
+                seen.clear()
+            seen[ck] = (canon, h)
         try:
             members, _, nwords = encode(ex, image_fields, raw)
         except EncodeError as e:
             raise PartitionError(f"{source.where(s, loc)} (group {gid!r}): {e}") from None
-        h = blake(canon)
         parts = [pack(h, slice_no, ordinal, len(canon), nwords, len(members)), canon]
         for suffix, data in members:
             sb = suffix.encode()
