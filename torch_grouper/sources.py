@@ -295,9 +295,13 @@ def _file_source(paths, storage_options, parallelism) -> Source:
     )
 
 
+_scan_json = json.JSONDecoder().scan_once
+
+
 def _iter_lines(url, start, end, storage_options, parse_json):
     """Lines whose first byte lies in [start, end) (end None: to the end of file)."""
     loads = json.loads
+    scan = _scan_json
     stop = (1 << 62) if end is None else end
     with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as f:
         pos = 0
@@ -327,10 +331,16 @@ def _iter_lines(url, start, end, storage_options, parse_json):
                     continue
                 if not line or line.isspace():
                     continue
-                try:
-                    ex = loads(line)
-                except ValueError as e:
-                    raise SourceError(f"{url}: line at byte {loc}: invalid JSON ({e})") from None
+                try:  # fast path: a UTF-8 object spanning the whole line
+                    text = line.decode("utf-8")
+                    ex, used = scan(text, 0)
+                    if used != len(text) and not text[used:].isspace():
+                        raise ValueError
+                except (ValueError, StopIteration):
+                    try:
+                        ex = loads(line)
+                    except ValueError as e:
+                        raise SourceError(f"{url}: line at byte {loc}: invalid JSON ({e})") from None
                 if type(ex) is not dict:
                     raise SourceError(
                         f"{url}: line at byte {loc}: a JSON Lines example must be an object, "
