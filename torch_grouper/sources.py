@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -127,10 +128,8 @@ def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) ->
     """
     if isinstance(obj, Source):
         return obj
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover
-        datasets = None
+    # an HF object can only exist if its module is loaded: don't pay the import otherwise
+    datasets = sys.modules.get("datasets")
     if datasets is not None and isinstance(obj, datasets.DatasetDict):
         raise SourceError(
             f"got a DatasetDict with splits {list(obj)}; pass one split, e.g. source=dsdict['train']"
