@@ -140,3 +140,11 @@ def test_group_larger_than_read_window(tmp_path, monkeypatch):
     exs += [{"g": "small", "i": -1, "b": np.zeros(1, np.int16), "pad": ""}]
     tg.partition(exs, "g", tmp_path / "o", num_workers=1, progress=False)
     check(tmp_path / "o", exs, lambda e: e["g"])
+
+
+def test_empty_dataset_random_access(tmp_path):
+    tg.partition([], "g", tmp_path / "o", progress=False)
+    ds = tg.GroupedDataset(tmp_path / "o")
+    assert ds.group_ids() == []
+    with pytest.raises(KeyError):
+        ds["x"]
