@@ -61,3 +61,13 @@ def test_truncated_and_garbage():
         list(iter_members(raw[:900], "x.tar"))
     with pytest.raises(TarFormatError, match=r"x\.tar: byte offset 100: not a tar header"):
         list(iter_members(b"\x01" * 512, "x.tar", base=100))
+
+
+def test_word_count_matches_str_split():
+    from torch_grouper.codec import count_words, encode
+
+    cases = ["", " ", "a", " a b ", "a\x1cb\x1fc", "\t\na  b\r\n\x0b\x0c", "x" * 70 + " y" * 40,
+             "wörds with  ünïcode\u3000and\xa0nbsp", "one" * 30]
+    for s in cases:
+        assert count_words(s) == len(s.split()), s
+        assert encode({"t": s})[2] == len(s.split()), s

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import json
 import posixpath
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Iterator
 
 import fsspec
 import numpy as np
@@ -15,8 +16,6 @@ import torch.utils.data
 from . import format as fmt
 from .codec import decode_field
 from .tario import BLOCK, TarFormatError, _parse_size, iter_members
-
-import json
 
 _loads = json.loads
 WHOLE_READ = 16 << 20  # groups up to this size are read with one ranged read

@@ -81,10 +81,6 @@ def member(name: str, data: bytes) -> list[bytes]:
     ]
 
 
-def padded_size(n: int) -> int:
-    return BLOCK + n + (-n) % BLOCK
-
-
 def _bad(where: str, offset: int, msg: str) -> TarFormatError:
     return TarFormatError(f"{where}: byte offset {offset}: {msg}")
 

@@ -106,7 +106,7 @@ class ShardWriter:
             r["group_id"].append(fmt.decode_group_id(canon, self.gid_kind))
             r["shard"].append(self.name)
             r["offset"].append(self.pos)
-        key = fmt.sample_key(ghash, self._salt, self.g_examples) + "."  # noqa: see format.sample_key
+        key = fmt.sample_key(ghash, self._salt, self.g_examples) + "."
         buf = self.buf
         n0 = len(buf)
         for suffix, data in members:
