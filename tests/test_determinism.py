@@ -12,7 +12,10 @@ def digest(path):
             for f in sorted(os.listdir(path))}
 
 
-def test_byte_identical_for_1_2_3_workers(tmp_path):
+def test_byte_identical_for_1_2_3_workers(tmp_path, monkeypatch):
+    from torch_grouper import sources
+
+    monkeypatch.setattr(sources, "SLICE_BYTES", 50_000)  # ~20 slices, shared out differently per worker count
     src = tmp_path / "src.jsonl"
     exs = [{"url": f"https://s{(i * 7919) % 97}.example.org/{i}", "text": "a b " * (i % 40), "i": i}
            for i in range(6000)]

@@ -22,6 +22,11 @@ def test_missing_key_column_in_jsonl_names_file_and_byte(tmp_path):
         tg.partition(p, "u", tmp_path / "o", progress=False)
 
 
+def test_lone_surrogate_group_id(tmp_path):
+    with pytest.raises(tg.PartitionError, match=r"example 1: group key '\\ud800' is not valid Unicode"):
+        tg.partition([{"k": "a"}, {"k": "\ud800"}], "k", tmp_path / "o", progress=False)
+
+
 @pytest.mark.parametrize("bad, what", [(None, "NoneType"), (["a"], "list"), (1.5, "float"), ({"a": 1}, "dict"),
                                        (True, "bool")])
 def test_bad_key_values(tmp_path, bad, what):

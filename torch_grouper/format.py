@@ -64,7 +64,7 @@ def group_id_type(gid: Any) -> str | None:
 def canonical_group_id(gid: Any, kind: str) -> bytes:
     """Bytes that identify a group id; used for hashing and ordering."""
     if kind == "str":
-        return str(gid).encode("utf-8", "surrogatepass")
+        return str(gid).encode("utf-8")  # UnicodeEncodeError for lone surrogates
     if kind == "int":
         return str(int(gid)).encode()
     return bytes(gid)
@@ -77,22 +77,22 @@ def group_hash(canon: bytes) -> int:
 
 def decode_group_id(canon: bytes, kind: str) -> Any:
     if kind == "str":
-        return canon.decode("utf-8", "surrogatepass")
+        return canon.decode("utf-8")
     if kind == "int":
         return int(canon)
     return canon
 
 
-def sample_key(ghash: int, salt: int, ordinal: int) -> str:
-    """WebDataset sample key of one example: group hash + ordinal.
+def sample_key(ghash: int, slice_no: int, ordinal: int) -> str:
+    """WebDataset sample key of one example: group hash + input position.
 
-    Keys never contain the raw group id (ids may hold dots, slashes, '..'),
-    only its 64-bit hash; ``salt`` separates the rare groups whose hashes
-    collide.  Keys hold no dot, so stock readers split ``KEY.EXT`` right.
+    ``HHHHHHHHHHHHHHHH_SSSSSSOOOOOOOOOO``: the group id's 64-bit hash (hex),
+    then the example's position in the input (slice number, ordinal in the
+    slice), so keys are unique in the dataset and sort in input order within
+    a group.  Keys never contain the raw group id (ids may hold dots,
+    slashes, '..'), and hold no dot, so stock readers split ``KEY.EXT`` right.
     """
-    if salt:
-        return f"{ghash:016x}x{salt}_{ordinal:010d}"
-    return f"{ghash:016x}_{ordinal:010d}"
+    return f"{ghash:016x}_{slice_no:06d}{ordinal:010d}"
 
 
 # --------------------------------------------------------------------- index

@@ -6,15 +6,13 @@ import posixpath
 import time
 
 import fsspec
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import __version__
 from . import format as fmt
 from .engines import local
 from .partitioners import describe_key, key_function
 from .sources import as_source
-from .writer import json_safe, write_index, write_manifest
+from .writer import index_table, json_safe, write_index, write_manifest
 
 DEFAULT_SHARD_SIZE = 256 << 20
 DEFAULT_MEMORY_BUDGET = 512 << 20
@@ -78,7 +76,7 @@ def partition(
         num_workers = os.cpu_count() or 1
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    src = as_source(source, storage_options, num_workers)
+    src = as_source(source, storage_options)
     if src.slices:
         num_workers = min(num_workers, len(src.slices))
 
@@ -92,11 +90,10 @@ def partition(
     )
     if not results:  # an empty source still makes a (complete, empty) dataset
         fs.makedirs(root, exist_ok=True)
-    tables = [t for t, _ in results]
     shards = [s for _, sh in results for s in sh]
-    index = pa.concat_tables(tables) if tables else fmt.index_schema(kind).empty_table()
+    index = index_table([rows for rows, _ in results], kind)
     index_info = write_index(fs, root, index)
-    num_bytes = int(pc.sum(index["num_bytes"]).as_py() or 0) if index.num_rows else 0
+    num_bytes = sum(sum(rows["num_bytes"]) for rows, _ in results)
     manifest = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,

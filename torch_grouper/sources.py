@@ -23,9 +23,8 @@ from typing import Any, Iterable, Iterator
 
 import fsspec
 
-SLICE_BYTES = 32 << 20  # largest byte range of one file slice
-SLICE_MIN_BYTES = 4 << 20
-HF_SLICE_ROWS = 50_000
+SLICE_BYTES = 8 << 20  # byte range of one file slice
+HF_SLICE_ROWS = 20_000
 CHUNK_EXAMPLES = 5_000  # examples per chunk of a streamed (iterable) source
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -85,7 +84,7 @@ class Source:
             return f"{s[1]}: line at byte {loc}"
         return f"{s[1]}: row {loc}"
 
-    def chunks(self, max_bytes: int = 16 << 20) -> Iterator[tuple]:
+    def chunks(self, max_bytes: int = 4 << 20) -> Iterator[tuple]:
         """Cut a streamed source into chunk slices (runs in the main process).
 
         A chunk closes at CHUNK_EXAMPLES examples or about ``max_bytes`` of
@@ -120,11 +119,11 @@ def _approx_size(ex) -> int:
 
 
 # ---------------------------------------------------------------- dispatch
-def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) -> Source:
+def as_source(obj, storage_options: dict | None = None) -> Source:
     """Recognise the kind of source and describe it.
 
-    ``parallelism`` (the number of workers) sets how finely files are cut
-    into slices; it never changes the output, only the balance of work.
+    Slices depend only on the source (never on the number of workers): an
+    example's position (slice, ordinal) is part of its sample key.
     """
     if isinstance(obj, Source):
         return obj
@@ -148,7 +147,7 @@ def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) ->
     if isinstance(obj, (str, os.PathLike)) or (
         isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj)
     ):
-        return _file_source(obj, storage_options, parallelism)
+        return _file_source(obj, storage_options)
     if isinstance(obj, dict):
         raise SourceError("got a dict; pass an iterable of example dicts (or a datasets.Dataset)")
     if isinstance(obj, Iterable):
@@ -247,10 +246,9 @@ def _kind_of(path: str, default):
     return default
 
 
-def _file_source(paths, storage_options, parallelism) -> Source:
+def _file_source(paths, storage_options) -> Source:
     files = _expand(paths, storage_options)
-    total = sum(int(fs.info(f).get("size") or 0) for fs, f in files)
-    step = max(SLICE_MIN_BYTES, min(SLICE_BYTES, total // (4 * max(1, parallelism)) + 1))
+    step = SLICE_BYTES
     slices = []
     kinds = set()
     fp = hashlib.sha256()
@@ -309,7 +307,8 @@ def _iter_lines(url, start, end, storage_options, parse_json):
             pos = start - 1 + len(f.readline())  # the line holding byte start-1 is not ours
         rest = b""
         while pos < stop:
-            block = f.read(4 << 20)
+            # read up to the slice end (the line that crosses it comes in small reads)
+            block = f.read(max(64 << 10, min(4 << 20, stop - pos - len(rest))))
             if pos == 0 and block.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
                 block = block[3:]
                 pos = 3

@@ -1,7 +1,8 @@
 """Group-contiguous shard writing, the index and the atomic commit.
 
-``ShardWriter`` receives examples already sorted by group (the engine's
-reduce step) and writes them as tar shards: a group's examples are
+``ShardWriter`` receives the pieces of groups already sorted by group (the
+engine's reduce step), each a run of finished tar members, and writes them
+as tar shards: a group's examples are
 contiguous, in input order, inside one shard; a shard rolls over at a group
 boundary once it has reached the target size, so one huge group makes one
 large shard and is never split or truncated.
@@ -16,13 +17,12 @@ import io
 import json
 import posixpath
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import format as fmt
-from .tario import _PADS as PADS
-from .tario import END_OF_ARCHIVE, member
-from .tario import _header as header
+from .tario import END_OF_ARCHIVE
 
 FLUSH_BYTES = 8 << 20
 
@@ -42,7 +42,6 @@ class ShardWriter:
         self.rows = {c: [] for c in fmt.INDEX_COLUMNS}
         self._prev_hash = None
         self._prev_canon = None
-        self._salt = 0
         self._open_group = False
 
     # ----------------------------------------------------------- shards
@@ -88,8 +87,22 @@ class ShardWriter:
         self.shard_groups += 1
         self.shard_examples += self.g_examples
 
-    def add(self, ghash: int, canon: bytes, nwords: int, members: list) -> None:
-        """Append one example; calls must come sorted by (group, input order)."""
+    def _write(self, data) -> None:
+        if len(data) >= FLUSH_BYTES:
+            self._flush()
+            self.file.write(data)
+            self.sha.update(data)
+        else:
+            self.buf += data
+            if len(self.buf) >= FLUSH_BYTES:
+                self._flush()
+        self.pos += len(data)
+
+    def add_piece(self, ghash: int, canon: bytes, n: int, nwords: int, nbytes: int,
+                  blob_len: int, src) -> None:
+        """Append ``n`` examples of one group: ``blob_len`` bytes of tar members
+        read from the file object ``src``.  Calls come sorted by group, and a
+        group's pieces in input order."""
         if canon != self._prev_canon or ghash != self._prev_hash:
             if self._open_group:
                 self._end_group()
@@ -97,7 +110,6 @@ class ShardWriter:
                 if self.file is not None:
                     self._close_shard()
                 self._open_shard()
-            self._salt = self._salt + 1 if ghash == self._prev_hash else 0
             self._prev_hash, self._prev_canon = ghash, canon
             self._open_group = True
             self.g_offset = self.pos
@@ -106,34 +118,28 @@ class ShardWriter:
             r["group_id"].append(fmt.decode_group_id(canon, self.gid_kind))
             r["shard"].append(self.name)
             r["offset"].append(self.pos)
-        key = fmt.sample_key(ghash, self._salt, self.g_examples) + "."
-        buf = self.buf
-        n0 = len(buf)
-        for suffix, data in members:
-            n = len(data)
-            name = (key + suffix).encode()
-            if len(name) <= 100:
-                buf += header(name, n)
-                buf += data
-                buf += PADS[n & 511]
-            else:
-                for chunk in member(key + suffix, data):
-                    buf += chunk
-            self.g_bytes += n
-        self.pos += len(buf) - n0
-        self.g_examples += 1
+        left = blob_len
+        while left:
+            chunk = src.read(min(left, FLUSH_BYTES))
+            if not chunk:
+                raise IOError(f"spill file ended {left} bytes early")
+            self._write(chunk)
+            left -= len(chunk)
+        self.g_examples += n
+        self.g_bytes += nbytes
         self.g_words += nwords
-        if len(buf) >= FLUSH_BYTES:
-            self._flush()
 
-    def close(self) -> tuple[pa.Table, list[dict]]:
+    def close(self) -> tuple[dict, list[dict]]:
+        """Finish; returns (index rows as columns of Python lists, shard infos).
+
+        No Arrow here: pyarrow imports pandas on its first conversion (~0.2 s),
+        which would be paid again in every worker process."""
         if self._open_group:
             self._end_group()
             self._open_group = False
         if self.file is not None:
             self._close_shard()
-        table = pa.table(self.rows, schema=fmt.index_schema(self.gid_kind))
-        return table, self.shards
+        return self.rows, self.shards
 
     def abort(self):
         if self.file is not None:
@@ -145,6 +151,41 @@ class ShardWriter:
 
 
 # ------------------------------------------------------------------ commit
+def _binary_array(values: list, typ) -> pa.Array:
+    """A string/binary Array from encoded values (large_* past 2 GiB)."""
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    total = int(lengths.sum())
+    small = total < 2**31
+    offsets = np.zeros(len(values) + 1, dtype=np.int32 if small else np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if not small:
+        typ = pa.large_string() if typ == pa.string() else pa.large_binary()
+    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+
+
+def _int64_array(values: list) -> pa.Array:
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(np.asarray(values, dtype=np.int64))])
+
+
+def index_table(row_columns: list, gid_kind: str) -> pa.Table:
+    """The index Table from the writers' row columns, in dataset order.
+
+    Built from buffers: ``pa.array``/``pa.table`` on Python lists import
+    pandas (~0.2 s of CPU) the first time in each process."""
+    schema = fmt.index_schema(gid_kind)
+    cols = {c: [v for rc in row_columns for v in rc[c]] for c in schema.names}
+    ids = cols["group_id"]
+    if gid_kind == "int":
+        gid = _int64_array(ids)
+    elif gid_kind == "str":
+        gid = _binary_array([g.encode("utf-8") for g in ids], pa.string())
+    else:
+        gid = _binary_array(ids, pa.binary())
+    arrays = [gid, _binary_array([x.encode() for x in cols["shard"]], pa.string())]
+    arrays += [_int64_array(cols[c]) for c in schema.names[2:]]
+    return pa.Table.from_arrays(arrays, names=schema.names)
+
+
 def write_index(fs, root: str, table: pa.Table) -> dict:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd", row_group_size=1 << 20)

@@ -1,19 +1,26 @@
 """The single-machine engine: parallel map/spill, then parallel group-contiguous reduce.
 
 Map (one task per source slice, in a ``multiprocess`` pool):
-    key + encode each example, buffer records up to the worker's memory
-    budget, sort the buffer by (group hash, group id, slice, ordinal) and
-    spill it as a *run* file to local temp space.  Each run records where
-    each of the NUM_BUCKETS hash buckets starts.
+    key + encode each example into its final tar members (the sample key is
+    the group hash + the example's input position, so it is known here),
+    buffer them up to the worker's memory budget, sort the buffer by
+    (group hash, group id, position) and spill it as a *run* file to local
+    temp space: one *piece* per group (header + the group's tar bytes, in
+    input order).  Each run records where each of the NUM_BUCKETS hash
+    buckets starts.
 
 Reduce (one task per contiguous range of buckets, also in the pool):
-    k-way merge of that bucket range from every run (``heapq.merge``, one
-    record in memory per run) straight into ``ShardWriter``.
+    k-way merge of the pieces of that bucket range from every run
+    (``heapq.merge``: one piece header in memory per run) into
+    ``ShardWriter``, which copies each piece's bytes in bounded chunks.
+    Runs are listed in input order and the merge is stable, so the pieces of
+    one group come out in input order with one comparison per piece, not
+    per example.
 
 Memory is bounded by the budget whatever the input size and whatever the
 size of the largest group; the output is byte-identical for any number of
-workers because the buckets, the sort order and the task plan depend only
-on the data.
+workers because slices, buckets, the sort order and the task plan depend
+only on the data.
 """
 from __future__ import annotations
 
@@ -24,15 +31,18 @@ import struct
 import sys
 import tempfile
 from dataclasses import dataclass, replace
+from operator import itemgetter
+
+import multiprocess as mp
 
 from .. import format as fmt
-from ..codec import EncodeError, encode
+from ..codec import _WS_TABLE, EncodeError, encode
+from ..tario import _PADS, _header, member
 from ..writer import ShardWriter
 
-# record header: hash, slice, ordinal, canon_len, nwords, nmembers
-_REC = struct.Struct("<QIQIIH")
-_MEM = struct.Struct("<HQ")
-_ENTRY_OVERHEAD = 160  # Python object overhead of one buffered record
+# piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len
+_PIECE = struct.Struct("<QIIQQQ")
+_ENTRY_OVERHEAD = 160  # Python object overhead of one buffered example
 TASK_MIN_BYTES = 16 << 20
 TASKS_PER_DATASET = 64
 
@@ -45,7 +55,6 @@ class PartitionError(ValueError):
 class Run:
     path: str
     offsets: list  # NUM_BUCKETS + 1 byte offsets
-    records: int
 
 
 @dataclass
@@ -61,7 +70,7 @@ _W: dict = {}  # per-process state set by _init
 
 
 def _init(source, keyfn, tmpdir, budget):
-    _W.update(source=source, keyfn=keyfn, tmpdir=tmpdir, budget=budget)
+    _W.update(source=source, keyfn=keyfn, tmpdir=tmpdir, budget=budget, seen={})
 
 
 def _key_error(source, s, loc, keyfn, ex, e) -> PartitionError:
@@ -84,9 +93,10 @@ def map_slice(slice_no: int, s) -> MapResult:
     n = 0
     blake = fmt.group_hash
     canon_of = fmt.canonical_group_id
-    pack = _REC.pack
-    mpack = _MEM.pack
-    seen: dict = {}  # (type, group id) -> (canonical bytes, hash): ids repeat; hash each once
+    sample_key = fmt.sample_key
+    header, pads, table = _header, _PADS, _WS_TABLE
+    # (type, group id) -> (canonical bytes, hash, hex hash, type name), for all this worker's slices
+    seen: dict = _W["seen"]
     for ordinal, (ex, raw, loc) in enumerate(source.iter_slice(s)):
         try:
             gid = keyfn(ex)
@@ -94,7 +104,7 @@ def map_slice(slice_no: int, s) -> MapResult:
             raise _key_error(source, s, loc, keyfn, ex, e) from None
         ck = (gid.__class__, gid)
         try:
-            canon, h = seen[ck]
+            canon, h, hexh, t = seen[ck]
         except (KeyError, TypeError):
             t = fmt.group_id_type(gid)
             if t is None:
@@ -102,31 +112,48 @@ def map_slice(slice_no: int, s) -> MapResult:
                     f"{source.where(s, loc)}: group key {gid!r} of type {type(gid).__name__} is not "
                     f"allowed; a key must be a str, int or bytes"
                 ) from None
-            if t != kind:
-                if kind is not None:
-                    raise PartitionError(
-                        f"{source.where(s, loc)}: group key {gid!r} is {t} but {kind_where} gave a "
-                        f"{kind} key; all keys must have one type"
-                    ) from None
-                kind, kind_where = t, source.where(s, loc)
-            canon = canon_of(gid, t)
+            try:
+                canon = canon_of(gid, t)
+            except UnicodeEncodeError:
+                raise PartitionError(
+                    f"{source.where(s, loc)}: group key {gid!r} is not valid Unicode (a lone "
+                    f"surrogate); group ids are stored as UTF-8"
+                ) from None
             h = blake(canon)
+            hexh = sample_key(h, 0, 0)[:16]
             if len(seen) > 200_000:
                 seen.clear()
-            seen[ck] = (canon, h)
-        try:
-            members, _, nwords = encode(ex, image_fields, raw)
-        except EncodeError as e:
-            raise PartitionError(f"{source.where(s, loc)} (group {gid!r}): {e}") from None
-        parts = [pack(h, slice_no, ordinal, len(canon), nwords, len(members)), canon]
-        for suffix, data in members:
-            sb = suffix.encode()
-            parts.append(mpack(len(sb), len(data)))
-            parts.append(sb)
-            parts.append(data)
-        rec = b"".join(parts)
-        buf.append((h, canon, ordinal, rec))
-        size += len(rec) + _ENTRY_OVERHEAD
+            seen[ck] = (canon, h, hexh, t)
+        if t is not kind:
+            if kind is not None:
+                raise PartitionError(
+                    f"{source.where(s, loc)}: group key {gid!r} is {t} but {kind_where} gave a "
+                    f"{kind} key; all keys must have one type"
+                )
+            kind, kind_where = t, source.where(s, loc)
+        if raw is not None:
+            # a parsed JSON line holds JSON values only: store the line as it is
+            # (codec.encode does the same; inlined, as this loop is the hot path)
+            nwords = 0
+            for v in ex.values():
+                if type(v) is str:
+                    if len(v) < 64 or not v.isascii():
+                        nwords += len(v.split())
+                    else:
+                        w = v.encode("ascii").translate(table)
+                        nwords += w.count(b" x") + (w[:1] == b"x")
+            nbytes = len(raw)
+            name = f"{hexh}_{slice_no:06d}{ordinal:010d}.json".encode()
+            tar = b"".join((header(name, nbytes), raw, pads[nbytes & 511]))
+        else:
+            try:
+                members, nbytes, nwords = encode(ex, image_fields, raw)
+            except EncodeError as e:
+                raise PartitionError(f"{source.where(s, loc)} (group {gid!r}): {e}") from None
+            key = f"{hexh}_{slice_no:06d}{ordinal:010d}."
+            tar = b"".join(c for suffix, data in members for c in member(key + suffix, data))
+        buf.append((h, canon, ordinal, nwords, nbytes, tar))
+        size += len(tar) + len(canon) + _ENTRY_OVERHEAD
         n += 1
         if size >= budget:
             runs.append(_spill(buf, tmpdir))
@@ -138,52 +165,69 @@ def map_slice(slice_no: int, s) -> MapResult:
 
 
 def _spill(buf: list, tmpdir: str) -> Run:
-    buf.sort(key=lambda e: (e[0], e[1], e[2]))
+    """Sort the buffer and write it as one run of per-group pieces."""
+    buf.sort(key=itemgetter(0, 1, 2))
     fd, path = tempfile.mkstemp(suffix=".run", dir=tmpdir)
     offsets = [0] * (fmt.NUM_BUCKETS + 1)
     pos = 0
     b = 0
     shift = fmt.BUCKET_SHIFT
+    pack = _PIECE.pack
+    out: list = []
+    pending = 0
     with os.fdopen(fd, "wb") as f:
-        batch = []
-        for h, _, _, rec in buf:
+        i = 0
+        n = len(buf)
+        while i < n:
+            h, canon = buf[i][0], buf[i][1]
+            j = i + 1
+            while j < n and buf[j][0] == h and buf[j][1] == canon:
+                j += 1
             bk = h >> shift
             while b <= bk:
                 offsets[b] = pos
                 b += 1
-            batch.append(rec)
-            pos += len(rec)
-            if len(batch) >= 4096:
-                f.write(b"".join(batch))
-                batch = []
-        f.write(b"".join(batch))
+            blobs = [e[5] for e in buf[i:j]]
+            blob_len = sum(map(len, blobs))
+            out.append(pack(h, len(canon), j - i, sum(e[3] for e in buf[i:j]),
+                            sum(e[4] for e in buf[i:j]), blob_len))
+            out.append(canon)
+            out.extend(blobs)
+            pos += _PIECE.size + len(canon) + blob_len
+            pending += blob_len
+            if pending >= 4 << 20:
+                f.writelines(out)
+                out = []
+                pending = 0
+            i = j
+        f.writelines(out)
     while b <= fmt.NUM_BUCKETS:
         offsets[b] = pos
         b += 1
-    return Run(path, offsets, len(buf))
+    return Run(path, offsets)
 
 
 # ---------------------------------------------------------------- reduce
-def _read_run(path: str, start: int, stop: int, bufsize: int):
-    """Yield the records of one run's byte range."""
-    hsize = _REC.size
-    unpack = _REC.unpack
-    munpack = _MEM.unpack
-    msize = _MEM.size
+def _read_pieces(path: str, start: int, stop: int, bufsize: int):
+    """Yield ``(hash, canon, n, nwords, nbytes, blob_len, file)`` per piece of a
+    run's byte range.  The consumer may read the blob from ``file`` before
+    asking for the next piece; whatever it leaves is skipped."""
+    hsize = _PIECE.size
+    unpack = _PIECE.unpack
     with open(path, "rb", buffering=bufsize) as f:
         f.seek(start)
         pos = start
-        read = f.read
         while pos < stop:
-            h, sl, ordn, clen, nwords, nmem = unpack(read(hsize))
-            canon = read(clen)
-            members = []
-            pos += hsize + clen
-            for _ in range(nmem):
-                sl_len, dlen = munpack(read(msize))
-                members.append((read(sl_len).decode(), read(dlen)))
-                pos += msize + sl_len + dlen
-            yield h, canon, sl, ordn, nwords, members
+            h, clen, n, nwords, nbytes, blob_len = unpack(f.read(hsize))
+            canon = f.read(clen)
+            blob_at = pos + hsize + clen
+            yield h, canon, n, nwords, nbytes, blob_len, f
+            pos = blob_at + blob_len
+            f.seek(pos)
+
+
+def _piece_key(p):
+    return p[0], p[1]
 
 
 def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_size: int,
@@ -192,12 +236,12 @@ def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_s
 
     fs, root = fsspec.core.url_to_fs(root_url, **(storage_options or {}))
     bufsize = max(64 << 10, min(1 << 20, budget // max(1, 2 * len(ranges))))
-    streams = [_read_run(p, a, b, bufsize) for p, a, b in ranges if b > a]
-    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
+    streams = [_read_pieces(p, a, b, bufsize) for p, a, b in ranges if b > a]
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_piece_key)
     w = ShardWriter(fs, root, task, shard_size, gid_kind)
     try:
-        for h, canon, _, _, nwords, members in merged:
-            w.add(h, canon, nwords, members)
+        for h, canon, n, nwords, nbytes, blob_len, f in merged:
+            w.add_piece(h, canon, n, nwords, nbytes, blob_len, f)
         return w.close()
     except BaseException:
         w.abort()
@@ -233,8 +277,6 @@ def plan_tasks(runs: list, shard_size: int) -> list:
 
 # ------------------------------------------------------------ orchestration
 def _pool(num_workers, initargs):
-    import multiprocess as mp
-
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return mp.get_context(method).Pool(num_workers, initializer=_init, initargs=initargs)
 
@@ -267,8 +309,7 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
     tmpdir = tempfile.mkdtemp(prefix="torch_grouper-", dir=tmp_dir)
     pool = None
     try:
-        chunk_bytes = max(1 << 20, min(16 << 20, budget // 4))
-        items = source.slices if source.stream is None else source.chunks(chunk_bytes)
+        items = source.slices if source.stream is None else source.chunks()
         if num_workers > 1:
             # the stream stays in this process; workers get its chunks
             pool = _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget))
