@@ -83,16 +83,18 @@ def decode_group_id(canon: bytes, kind: str) -> Any:
     return canon
 
 
-def sample_key(ghash: int, slice_no: int, ordinal: int) -> str:
+def sample_key(ghash: int, file_no: int, position: int) -> str:
     """WebDataset sample key of one example: group hash + input position.
 
-    ``HHHHHHHHHHHHHHHH_SSSSSSOOOOOOOOOO``: the group id's 64-bit hash (hex),
-    then the example's position in the input (slice number, ordinal in the
-    slice), so keys are unique in the dataset and sort in input order within
-    a group.  Keys never contain the raw group id (ids may hold dots,
-    slashes, '..'), and hold no dot, so stock readers split ``KEY.EXT`` right.
+    ``HHHHHHHHHHHHHHHH_FFFFFPPPPPPPPPPPPP``: the group id's 64-bit hash
+    (hex), the input file's number (0 for datasets and iterables) and the
+    example's position in it (row index, or byte offset of its line), so
+    keys are unique in the dataset, sort in input order within a group and
+    do not depend on how the work was cut.  Keys never contain the raw group
+    id (ids may hold dots, slashes, '..'), and hold no dot, so stock readers
+    split ``KEY.EXT`` right.
     """
-    return f"{ghash:016x}_{slice_no:06d}{ordinal:010d}"
+    return f"{ghash:016x}_{file_no:05d}{position:013d}"
 
 
 # --------------------------------------------------------------------- index

@@ -76,7 +76,7 @@ def partition(
         num_workers = os.cpu_count() or 1
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    src = as_source(source, storage_options)
+    src = as_source(source, storage_options, num_workers)
     if src.slices:
         num_workers = min(num_workers, len(src.slices))
 

@@ -74,6 +74,10 @@ class Source:
         else:  # pragma: no cover
             raise AssertionError(kind)
 
+    def file_no(self, s) -> int:
+        """Which input file a slice reads (0 for non-file sources)."""
+        return s[-1] if self.kind == "files" else 0
+
     def where(self, s, loc) -> str:
         kind = s[0]
         if kind == "chunk":
@@ -119,11 +123,13 @@ def _approx_size(ex) -> int:
 
 
 # ---------------------------------------------------------------- dispatch
-def as_source(obj, storage_options: dict | None = None) -> Source:
+def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) -> Source:
     """Recognise the kind of source and describe it.
 
-    Slices depend only on the source (never on the number of workers): an
-    example's position (slice, ordinal) is part of its sample key.
+    ``parallelism`` (the number of workers) sets how finely the source is cut
+    into slices, a multiple of it where possible, so no worker idles at the
+    end.  The output never depends on it: an example's position is its row
+    index or byte offset in its file, whatever the slicing.
     """
     if isinstance(obj, Source):
         return obj
@@ -134,7 +140,7 @@ def as_source(obj, storage_options: dict | None = None) -> Source:
             f"got a DatasetDict with splits {list(obj)}; pass one split, e.g. source=dsdict['train']"
         )
     if datasets is not None and isinstance(obj, datasets.Dataset):
-        return _hf_source(obj)
+        return _hf_source(obj, parallelism)
     if datasets is not None and isinstance(obj, datasets.IterableDataset):
         feats = obj.features
         return Source(
@@ -147,7 +153,7 @@ def as_source(obj, storage_options: dict | None = None) -> Source:
     if isinstance(obj, (str, os.PathLike)) or (
         isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj)
     ):
-        return _file_source(obj, storage_options)
+        return _file_source(obj, storage_options, parallelism)
     if isinstance(obj, dict):
         raise SourceError("got a dict; pass an iterable of example dicts (or a datasets.Dataset)")
     if isinstance(obj, Iterable):
@@ -166,7 +172,15 @@ def _image_fields(features) -> tuple:
     return tuple(k for k, f in features.items() if isinstance(f, datasets.Image))
 
 
-def _hf_source(ds) -> Source:
+def _n_slices(units: int, per_slice: int, parallelism: int) -> int:
+    """How many slices to cut ``units`` into: at most ``per_slice`` each, at
+    least two per worker, and a multiple of the worker count."""
+    n = max(-(-units // per_slice), 2 * parallelism)
+    n = -(-n // parallelism) * parallelism
+    return max(1, min(n, units))
+
+
+def _hf_source(ds, parallelism) -> Source:
     import datasets
 
     img = _image_fields(ds.features)
@@ -174,7 +188,8 @@ def _hf_source(ds) -> Source:
     for k in img:  # keep the encoded bytes; never decode and re-encode
         ds = ds.cast_column(k, datasets.Image(decode=False))
     n = len(ds)
-    slices = [("rows", a, min(n, a + HF_SLICE_ROWS)) for a in range(0, n, HF_SLICE_ROWS)]
+    step = -(-n // _n_slices(n, HF_SLICE_ROWS, parallelism)) if n else 1
+    slices = [("rows", a, min(n, a + step)) for a in range(0, n, step)]
     return Source(
         description=f"HF Dataset ({n} rows, columns {ds.column_names})",
         kind="hf",
@@ -246,13 +261,15 @@ def _kind_of(path: str, default):
     return default
 
 
-def _file_source(paths, storage_options) -> Source:
+def _file_source(paths, storage_options, parallelism) -> Source:
     files = _expand(paths, storage_options)
-    step = SLICE_BYTES
+    infos = [fs.info(f) for fs, f in files]
+    total = sum(int(i.get("size") or 0) for i in infos)
+    step = max(min(SLICE_BYTES // 4, 1 << 20), -(-total // _n_slices(total, SLICE_BYTES, parallelism)))
     slices = []
     kinds = set()
     fp = hashlib.sha256()
-    for fs, f in files:
+    for fno, ((fs, f), info) in enumerate(zip(files, infos)):
         kind = _kind_of(f, None)
         if kind is None:
             raise SourceError(
@@ -260,27 +277,26 @@ def _file_source(paths, storage_options) -> Source:
                 f"(optionally compressed), or load it with datasets.load_dataset and pass the Dataset"
             )
         kinds.add(kind)
-        info = fs.info(f)
         size = int(info.get("size") or 0)
         url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
         fp.update(f"{url}\0{size}\0{info.get('mtime', info.get('LastModified', ''))}\0".encode())
         compressed = f.lower().endswith(_COMPRESSED)
         if kind in ("json", "text"):
             if compressed or size <= step:
-                slices.append((kind, url, 0, None))
+                slices.append((kind, url, 0, None, fno))
             else:
                 for a in range(0, size, step):
-                    slices.append((kind, url, a, min(size, a + step)))
+                    slices.append((kind, url, a, min(size, a + step), fno))
         elif kind == "parquet":
             import pyarrow.parquet as pq
 
             with fs.open(f, "rb") as fh:
                 nrg = pq.ParquetFile(fh).metadata.num_row_groups
-            per = 4
+            per = max(1, -(-nrg // (2 * parallelism)))
             for a in range(0, max(nrg, 1), per):
-                slices.append(("parquet", url, list(range(a, min(nrg, a + per)))))
+                slices.append(("parquet", url, list(range(a, min(nrg, a + per))), fno))
         else:
-            slices.append(("csv", url))
+            slices.append(("csv", url, fno))
     if len(kinds) > 1:
         raise SourceError(f"input files mix kinds {sorted(kinds)}; partition one kind at a time")
     return Source(

@@ -54,7 +54,8 @@ class PartitionError(ValueError):
 @dataclass
 class Run:
     path: str
-    offsets: list  # NUM_BUCKETS + 1 byte offsets
+    offsets: list  # NUM_BUCKETS + 1 byte offsets of the buckets in the file
+    sizes: dict  # bucket -> bytes of tar members (not headers: independent of how runs were cut)
 
 
 @dataclass
@@ -95,6 +96,7 @@ def map_slice(slice_no: int, s) -> MapResult:
     canon_of = fmt.canonical_group_id
     sample_key = fmt.sample_key
     header, pads, table = _header, _PADS, _WS_TABLE
+    fno = source.file_no(s)
     # (type, group id) -> (canonical bytes, hash, hex hash, type name), for all this worker's slices
     seen: dict = _W["seen"]
     for ordinal, (ex, raw, loc) in enumerate(source.iter_slice(s)):
@@ -143,14 +145,14 @@ def map_slice(slice_no: int, s) -> MapResult:
                         w = v.encode("ascii").translate(table)
                         nwords += w.count(b" x") + (w[:1] == b"x")
             nbytes = len(raw)
-            name = f"{hexh}_{slice_no:06d}{ordinal:010d}.json".encode()
+            name = f"{hexh}_{fno:05d}{loc:013d}.json".encode()
             tar = b"".join((header(name, nbytes), raw, pads[nbytes & 511]))
         else:
             try:
                 members, nbytes, nwords = encode(ex, image_fields, raw)
             except EncodeError as e:
                 raise PartitionError(f"{source.where(s, loc)} (group {gid!r}): {e}") from None
-            key = f"{hexh}_{slice_no:06d}{ordinal:010d}."
+            key = f"{hexh}_{fno:05d}{loc:013d}."
             tar = b"".join(c for suffix, data in members for c in member(key + suffix, data))
         buf.append((h, canon, ordinal, nwords, nbytes, tar))
         size += len(tar) + len(canon) + _ENTRY_OVERHEAD
@@ -175,6 +177,7 @@ def _spill(buf: list, tmpdir: str) -> Run:
     pack = _PIECE.pack
     out: list = []
     pending = 0
+    sizes: dict = {}
     with os.fdopen(fd, "wb") as f:
         i = 0
         n = len(buf)
@@ -189,6 +192,7 @@ def _spill(buf: list, tmpdir: str) -> Run:
                 b += 1
             blobs = [e[5] for e in buf[i:j]]
             blob_len = sum(map(len, blobs))
+            sizes[bk] = sizes.get(bk, 0) + blob_len
             out.append(pack(h, len(canon), j - i, sum(e[3] for e in buf[i:j]),
                             sum(e[4] for e in buf[i:j]), blob_len))
             out.append(canon)
@@ -204,7 +208,7 @@ def _spill(buf: list, tmpdir: str) -> Run:
     while b <= fmt.NUM_BUCKETS:
         offsets[b] = pos
         b += 1
-    return Run(path, offsets)
+    return Run(path, offsets, sizes)
 
 
 # ---------------------------------------------------------------- reduce
@@ -249,15 +253,15 @@ def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_s
 
 
 def plan_tasks(runs: list, shard_size: int) -> list:
-    """Cut the bucket space into reduce tasks of similar byte size.
+    """Cut the bucket space into reduce tasks of similar byte size: [(lo, hi)].
 
-    Depends only on the data (bucket sizes), never on the worker count.
+    Depends only on the data (the tar bytes in each bucket), never on the
+    worker count or on how the input was cut into slices and runs.
     """
     sizes = [0] * fmt.NUM_BUCKETS
     for r in runs:
-        o = r.offsets
-        for b in range(fmt.NUM_BUCKETS):
-            sizes[b] += o[b + 1] - o[b]
+        for b, n in r.sizes.items():
+            sizes[b] += n
     total = sum(sizes)
     target = min(shard_size, max(TASK_MIN_BYTES, total // TASKS_PER_DATASET))
     tasks = []
@@ -269,10 +273,12 @@ def plan_tasks(runs: list, shard_size: int) -> list:
             if acc:
                 tasks.append((lo, b + 1))
             lo, acc = b + 1, 0
-    return [
-        [(r.path, r.offsets[lo], r.offsets[hi]) for r in runs if r.offsets[hi] > r.offsets[lo]]
-        for lo, hi in tasks
-    ]
+    return tasks
+
+
+def task_inputs(runs: list, lo: int, hi: int) -> list:
+    """The (run path, start, stop) byte ranges holding buckets [lo, hi)."""
+    return [(r.path, r.offsets[lo], r.offsets[hi]) for r in runs if r.offsets[hi] > r.offsets[lo]]
 
 
 # ------------------------------------------------------------ orchestration
@@ -336,8 +342,8 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
         tasks = plan_tasks(runs, shard_size)
         if before_write is not None:
             before_write()
-        args = [(t, ranges, root_url, storage_options, shard_size, kind, budget)
-                for t, ranges in enumerate(tasks)]
+        args = [(t, task_inputs(runs, lo, hi), root_url, storage_options, shard_size, kind, budget)
+                for t, (lo, hi) in enumerate(tasks)]
         results = []
         with tqdm(total=len(args), desc="partition: write", unit="task", disable=not progress,
                   leave=False) as bar:
