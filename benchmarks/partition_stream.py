@@ -8,6 +8,8 @@ Measures, for the corpus grouped by URL domain:
   * torch_grouper: partition time, time to stream every example of every group
     in one process, peak RSS (main process and largest worker);
   * flwr-datasets 0.6.1 (NaturalIdPartitioner; cold cache, as a first run);
+  torch_grouper and flwr-datasets run --repeat times each, interleaved
+  runs of neither; the median of each figure is reported;
   * plain webdataset (no groups: write and read every example), the ceiling;
   * Dataset Grouper 0.3.0 with --dsgp.
 Peers run from the virtual environments named in ../shared/bench/README.md.
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +65,16 @@ def parse_peer(out):
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 
 
+def median_run(runs):
+    """Per-figure medians over repeated runs (machines are noisy)."""
+    out = dict(runs[0])
+    for k in ("partition_s", "iterate_s", "rss_main_mb", "rss_worker_mb"):
+        if k in out:
+            out[k] = statistics.median(r[k] for r in runs)
+    out["all_partition_s"] = [round(r["partition_s"], 2) for r in runs]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default="/tmp/c4s_100k.jsonl")
@@ -70,7 +83,8 @@ def main():
     p.add_argument("--flwr-python", default="/tmp/flvenv/bin/python")
     p.add_argument("--dsgp", action="store_true", help="also run Dataset Grouper (slow)")
     p.add_argument("--dsgp-python", default="/tmp/dgvenv/bin/python")
-    p.add_argument("--repeat", type=int, default=1, help="runs of torch_grouper (best is kept)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of torch_grouper and flwr-datasets; the median of each is reported")
     a = p.parse_args()
 
     if not os.path.exists(a.corpus):
@@ -80,15 +94,15 @@ def main():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rows = {}
     try:
-        best = None
-        for _ in range(a.repeat):
-            r = json.loads(sh([sys.executable, "-c", OURS, a.corpus, os.path.join(work, "tg"), str(a.workers)],
-                              env=env).strip().splitlines()[-1])
-            best = r if best is None or r["partition_s"] + r["iterate_s"] < best["partition_s"] + best["iterate_s"] else best
-        rows["torch_grouper"] = best
+        ours = [json.loads(sh([sys.executable, "-c", OURS, a.corpus, os.path.join(work, "tg"), str(a.workers)],
+                              env=env).strip().splitlines()[-1]) for _ in range(a.repeat)]
+        best = rows["torch_grouper"] = median_run(ours)
         if os.path.exists(a.flwr_python):
-            shutil.rmtree("/tmp/hfcache_flwr", ignore_errors=True)  # cold, like a first run
-            rows["flwr-datasets 0.6.1"] = parse_peer(sh([a.flwr_python, os.path.join(BENCH, "peer_flwr.py"), a.corpus]))
+            runs = []
+            for _ in range(a.repeat):
+                shutil.rmtree("/tmp/hfcache_flwr", ignore_errors=True)  # cold, like a first run
+                runs.append(parse_peer(sh([a.flwr_python, os.path.join(BENCH, "peer_flwr.py"), a.corpus])))
+            rows["flwr-datasets 0.6.1"] = median_run(runs)
         else:
             print(f"(flwr-datasets skipped: {a.flwr_python} missing; see ../shared/bench/README.md)")
         w = parse_peer(sh([sys.executable, os.path.join(BENCH, "ceiling_wds.py"), a.corpus, os.path.join(work, "wds")]))
@@ -105,6 +119,9 @@ def main():
     print(f"{'system':<30} {'partition s':>12} {'stream s':>9} {'examples/s':>11}")
     for name, r in rows.items():
         print(f"{name:<30} {r['partition_s']:>12.2f} {r['iterate_s']:>9.2f} {r['examples'] / r['iterate_s']:>11,.0f}")
+    for name, r in rows.items():
+        if "all_partition_s" in r:
+            print(f"{name}: partition times of the {len(r['all_partition_s'])} runs: {r['all_partition_s']}")
     print(f"torch_grouper peak RSS: main {best['rss_main_mb']:.0f} MB, largest worker {best['rss_worker_mb']:.0f} MB")
     ours_rate = best["examples"] / best["iterate_s"]
     for name, r in rows.items():
