@@ -147,3 +147,10 @@ def test_empty_dataset_random_access(tmp_path):
     assert ds.group_ids() == []
     with pytest.raises(KeyError):
         ds["x"]
+
+
+def test_jsonl_lines_longer_than_read_blocks(tmp_path):
+    exs = [{"g": i % 3, "t": "w " * (50_000 + i)} for i in range(12)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(e) + "\n" for e in exs))
+    tg.partition(tmp_path / "long.jsonl", "g", tmp_path / "o", num_workers=1, progress=False)
+    check(tmp_path / "o", exs, lambda e: e["g"])
