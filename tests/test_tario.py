@@ -67,7 +67,8 @@ def test_word_count_matches_str_split():
     from torch_grouper.codec import count_words, encode
 
     cases = ["", " ", "a", " a b ", "a\x1cb\x1fc", "\t\na  b\r\n\x0b\x0c", "x" * 70 + " y" * 40,
-             "wörds with  ünïcode\u3000and\xa0nbsp", "one" * 30]
+             "wörds with  ünïcode\u3000and\xa0nbsp", "one" * 30, "a b c " * 20, " a b c" * 20,
+             "a  b c" * 20, "a b\tc " * 20, "x y" * 40, "a\x1fb " * 30]
     for s in cases:
         assert count_words(s) == len(s.split()), s
         assert encode({"t": s})[2] == len(s.split()), s
