@@ -7,8 +7,13 @@ with a ``describe()`` used in the dataset manifest.
 """
 from __future__ import annotations
 
+import math
+import warnings
+from bisect import bisect_right
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+import numpy as np
 
 
 class ColumnKey:
@@ -72,3 +77,440 @@ def describe_key(fn) -> dict:
         return fn.describe()
     name = getattr(fn, "__qualname__", type(fn).__qualname__)
     return {"type": "callable", "name": f"{getattr(fn, '__module__', '?')}.{name}"}
+
+
+# ----------------------------------------------------------------------------
+# Partitioners fitted on the whole source (flwr-datasets' partitioners)
+# ----------------------------------------------------------------------------
+class Partitioner:
+    """A key fitted on the whole source before any example is assigned.
+
+    ``partition()`` first makes one cheap pass that counts the examples and,
+    when ``label_column`` is set, the examples of each label (reading only that
+    column from Parquet files and datasets).  ``fit`` turns those counts into a
+    plan; then every worker assigns each example from its global index and its
+    rank among the examples of its label, in input order.  So the assignment
+    is the same for any number of workers and for map-style or streaming
+    sources, and examples are never collected in one place.
+
+    ``assign`` returns a partition id (an int, the group id), or None for an
+    example the configuration leaves out (flwr-datasets leaves the same ones
+    out; the manifest counts them as ``num_dropped``).
+    """
+
+    label_column: str | None = None
+
+    def fit(self, num_examples: int, label_counts: dict) -> None:
+        raise NotImplementedError
+
+    def assign(self, ex: dict, index: int, rank: int):
+        raise NotImplementedError
+
+    def __call__(self, ex):
+        raise TypeError(f"{type(self).__name__} is applied by torch_grouper.partition(source, key=partitioner)")
+
+    def describe(self) -> dict:
+        params = {k.lstrip("_"): v for k, v in vars(self).items() if not k.startswith("_plan")}
+        return {"type": type(self).__name__, **{k: _plain(v) for k, v in params.items()}}
+
+
+def _plain(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if callable(v):
+        return getattr(v, "__name__", repr(v))
+    return v
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _sorted_labels(label_counts: dict, column: str) -> list:
+    try:
+        return sorted(label_counts)
+    except TypeError:
+        kinds = sorted({type(k).__name__ for k in label_counts})
+        raise ValueError(f"labels in column {column!r} cannot be sorted (types {kinds})") from None
+
+
+class _Contiguous(Partitioner):
+    """Partitions are consecutive runs of examples in input order."""
+
+    def _sizes(self, n: int) -> list:
+        raise NotImplementedError
+
+    def fit(self, num_examples: int, label_counts: dict) -> None:
+        sizes = [int(x) for x in self._sizes(num_examples)]
+        self._plan_bounds = list(np.cumsum(sizes))
+
+    def assign(self, ex, index, rank):
+        i = bisect_right(self._plan_bounds, index)
+        return i if i < len(self._plan_bounds) else None
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+
+class IidPartitioner(_Contiguous):
+    """flwr-datasets ``IidPartitioner(num_partitions)``: partition i is the i-th
+    contiguous shard, as ``datasets.Dataset.shard(num_partitions, i, contiguous=True)``.
+    (Shuffle the source first for an IID split.)"""
+
+    def __init__(self, num_partitions: int):
+        _check_positive("num_partitions", num_partitions)
+        self._num_partitions = num_partitions
+
+    def _sizes(self, n):
+        if self._num_partitions > n:
+            raise ValueError(f"IidPartitioner: num_partitions={self._num_partitions} is more than the "
+                             f"{n} examples of the source")
+        div, mod = divmod(n, self._num_partitions)
+        return [div + (i < mod) for i in range(self._num_partitions)]
+
+
+class SizePartitioner(_Contiguous):
+    """flwr-datasets ``SizePartitioner(partition_sizes)``: partition i holds the
+    next ``partition_sizes[i]`` examples; examples past their sum are left out."""
+
+    def __init__(self, partition_sizes):
+        if isinstance(partition_sizes, (str, bytes)) or not hasattr(partition_sizes, "__len__") or not len(partition_sizes):
+            raise ValueError("partition_sizes must be a non-empty sequence of positive integers")
+        for s in partition_sizes:
+            _check_positive("every partition size", s)
+        self._partition_sizes = [int(s) for s in partition_sizes]
+        self._num_partitions = len(self._partition_sizes)
+
+    def _sizes(self, n):
+        total = sum(self._partition_sizes)
+        if total > n:
+            raise ValueError(f"SizePartitioner: the partition sizes add up to {total}, more than the "
+                             f"{n} examples of the source")
+        if total < n:
+            warnings.warn(f"SizePartitioner: the partition sizes add up to {total}; the last "
+                          f"{n - total} of {n} examples are left out", stacklevel=2)
+        return self._partition_sizes
+
+
+class IdToSizeFncPartitioner(_Contiguous):
+    """flwr-datasets ``IdToSizeFncPartitioner(num_partitions, partition_id_to_size_fn)``:
+    partition sizes proportional to ``fn(1..num_partitions)``, the rounding
+    remainder going to the last partition."""
+
+    def __init__(self, num_partitions: int, partition_id_to_size_fn):
+        _check_positive("num_partitions", num_partitions)
+        self._num_partitions = num_partitions
+        self._partition_id_to_size_fn = partition_id_to_size_fn
+
+    def _sizes(self, n):
+        units = np.asarray(self._partition_id_to_size_fn(
+            np.linspace(start=1, stop=self._num_partitions, num=self._num_partitions)), dtype=np.float64)
+        sizes = np.array(units / units.sum() * n, dtype=np.int64)
+        sizes[-1] += n - sizes.sum()
+        if (sizes < 1).any():
+            raise ValueError(f"{type(self).__name__}: num_partitions={self._num_partitions} gives empty "
+                             f"partitions for {n} examples (sizes {sizes.tolist()[:5]}...)")
+        return sizes.tolist()
+
+
+class LinearPartitioner(IdToSizeFncPartitioner):
+    """Partition sizes proportional to 1, 2, ..., num_partitions."""
+
+    def __init__(self, num_partitions: int):
+        super().__init__(num_partitions, _linear)
+
+
+class SquarePartitioner(IdToSizeFncPartitioner):
+    """Partition sizes proportional to 1, 4, 9, ..."""
+
+    def __init__(self, num_partitions: int):
+        super().__init__(num_partitions, np.square)
+
+
+class ExponentialPartitioner(IdToSizeFncPartitioner):
+    """Partition sizes proportional to e^1, e^2, ..."""
+
+    def __init__(self, num_partitions: int):
+        super().__init__(num_partitions, np.exp)
+
+
+def _linear(x):
+    return x
+
+
+class _ByLabel(Partitioner):
+    """Each label's examples, in input order, are cut into consecutive pieces
+    that go to partitions: ``_plan[label] = (cut points, partition of each piece)``."""
+
+    def assign(self, ex, index, rank):
+        cuts, owners = self._plan[ex[self.label_column]]
+        return owners[bisect_right(cuts, rank)]
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+
+class DirichletPartitioner(_ByLabel):
+    """flwr-datasets ``DirichletPartitioner``, same parameters and, for the same
+    seed, the same partitions: for each label (in sorted order) proportions
+    over partitions are drawn from Dir(alpha) and the label's examples are cut
+    by them (with ``self_balancing``, partitions already above the average size
+    take no more).  Resampled at most 10 times until every partition has
+    ``min_partition_size`` examples, then a clear error; an impossible
+    ``min_partition_size`` fails at once.  ``shuffle`` is accepted for
+    compatibility: examples keep input order inside a group (shuffle when
+    reading)."""
+
+    def __init__(self, num_partitions: int, partition_by: str, alpha, min_partition_size: int = 10,
+                 self_balancing: bool = False, shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        self._num_partitions = num_partitions
+        self.label_column = partition_by
+        a = np.asarray([alpha] * num_partitions if np.isscalar(alpha) else alpha, dtype=np.float64).ravel()
+        if a.shape != (num_partitions,) or not (a > 0).all():
+            raise ValueError(f"alpha must be a positive number or {num_partitions} positive numbers, got {alpha!r}")
+        self._alpha = a
+        self._min_partition_size = int(min_partition_size)
+        self._self_balancing = self_balancing
+        self._shuffle = shuffle
+        self._seed = seed
+
+    def fit(self, num_examples, label_counts):
+        n, parts = num_examples, self._num_partitions
+        if parts * self._min_partition_size > n:
+            raise ValueError(
+                f"DirichletPartitioner: {parts} partitions of at least min_partition_size="
+                f"{self._min_partition_size} need {parts * self._min_partition_size} examples; the "
+                f"source has {n}. Lower min_partition_size or num_partitions.")
+        classes = _sorted_labels(label_counts, self.label_column)
+        rng = np.random.default_rng(seed=self._seed)
+        avg = n / parts
+        for attempt in range(11):
+            sizes = np.zeros(parts, dtype=np.int64)
+            plan = {}
+            for k in classes:
+                nk = label_counts[k]
+                props = rng.dirichlet(self._alpha)
+                if self._self_balancing:
+                    props = np.where(sizes > avg, 0.0, props)
+                    total = props.sum()
+                    props = props / total if total > 0 else rng_free_uniform(parts)
+                cuts = (np.cumsum(props) * nk).astype(int)[:-1]
+                bounds = np.concatenate(([0], np.maximum.accumulate(np.minimum(cuts, nk)), [nk]))
+                sizes += np.diff(bounds)
+                plan[k] = (cuts.tolist(), list(range(parts)))
+            if sizes.min() >= self._min_partition_size:
+                self._plan = plan
+                self._plan_sizes = sizes.tolist()
+                return
+        raise ValueError(
+            f"DirichletPartitioner: after 11 draws from Dir(alpha) some partition still had fewer than "
+            f"min_partition_size={self._min_partition_size} examples (smallest: {int(sizes.min())}); "
+            f"raise alpha, or lower min_partition_size or num_partitions")
+
+
+def rng_free_uniform(k: int) -> np.ndarray:
+    return np.full(k, 1.0 / k)
+
+
+class PathologicalPartitioner(_ByLabel):
+    """flwr-datasets ``PathologicalPartitioner``: each partition gets
+    ``num_classes_per_partition`` labels (``class_assignment_mode`` random,
+    deterministic or first-deterministic, as flwr-datasets and with the same
+    seeded choices); each label's examples are split evenly, in input order,
+    among the partitions that have it.  Labels no partition drew are left out
+    (with a warning, as in flwr-datasets)."""
+
+    def __init__(self, num_partitions: int, partition_by: str, num_classes_per_partition: int,
+                 class_assignment_mode: str = "random", shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        _check_positive("num_classes_per_partition", num_classes_per_partition)
+        if class_assignment_mode not in ("random", "deterministic", "first-deterministic"):
+            raise ValueError(f"class_assignment_mode must be 'random', 'deterministic' or "
+                             f"'first-deterministic', got {class_assignment_mode!r}")
+        self._num_partitions = num_partitions
+        self.label_column = partition_by
+        self._num_classes_per_partition = num_classes_per_partition
+        self._class_assignment_mode = class_assignment_mode
+        self._shuffle = shuffle
+        self._seed = seed
+
+    def fit(self, num_examples, label_counts):
+        labels = _sorted_labels(label_counts, self.label_column)
+        k, parts = self._num_classes_per_partition, self._num_partitions
+        if k > len(labels):
+            raise ValueError(f"PathologicalPartitioner: num_classes_per_partition={k} is more than the "
+                             f"{len(labels)} labels in column {self.label_column!r}")
+        if parts > num_examples:
+            raise ValueError(f"PathologicalPartitioner: num_partitions={parts} is more than the "
+                             f"{num_examples} examples of the source")
+        rng = np.random.default_rng(seed=self._seed)
+        mode = self._class_assignment_mode
+        chosen = []
+        for pid in range(parts):
+            if mode == "first-deterministic":
+                mine = [labels[pid % len(labels)]]
+                while len(mine) < k:
+                    lab = rng.choice(labels, size=1)[0]  # the same draws as flwr-datasets
+                    lab = lab.item() if isinstance(lab, np.generic) else lab
+                    if lab not in mine:
+                        mine.append(lab)
+            elif mode == "deterministic":
+                mine = [labels[(pid + i) % len(labels)] for i in range(k)]
+            else:
+                mine = rng.choice(labels, size=k, replace=False).tolist()
+            chosen.append(mine)
+        users = {lab: [pid for pid in range(parts) if lab in chosen[pid]] for lab in labels}
+        plan, unused = {}, []
+        for lab in labels:
+            owners, nk = users[lab], label_counts[lab]
+            if not owners:
+                unused.append(lab)
+                plan[lab] = ([], [None])
+                continue
+            if len(owners) > nk:
+                raise ValueError(
+                    f"PathologicalPartitioner: label {lab!r} is assigned to {len(owners)} partitions but has "
+                    f"only {nk} examples; lower num_partitions or num_classes_per_partition, or use "
+                    f"class_assignment_mode='deterministic'")
+            # np.array_split: the first nk % t pieces get one more example
+            t = len(owners)
+            div, mod = divmod(nk, t)
+            cuts = list(np.cumsum([div + (i < mod) for i in range(t)])[:-1])
+            plan[lab] = ([int(c) for c in cuts], owners)
+        if unused:
+            warnings.warn(f"PathologicalPartitioner: labels {unused} are in no partition; their "
+                          f"examples are left out", stacklevel=2)
+        self._plan = plan
+        self._plan_labels = chosen
+
+
+class ShardPartitioner(Partitioner):
+    """flwr-datasets ``ShardPartitioner``: the source sorted by label (stably)
+    is cut into shards of ``shard_size`` consecutive examples, and each
+    partition gets ``num_shards_per_partition`` shards drawn by a seeded
+    permutation (the same draw as flwr-datasets).  Shards no partition drew
+    are left out."""
+
+    def __init__(self, num_partitions: int, partition_by: str, num_shards_per_partition: int | None = None,
+                 shard_size: int | None = None, keep_incomplete_shard: bool = False,
+                 shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        if num_shards_per_partition is None and shard_size is None:
+            raise ValueError("ShardPartitioner: give num_shards_per_partition, shard_size, or both")
+        if num_shards_per_partition is not None:
+            _check_positive("num_shards_per_partition", num_shards_per_partition)
+        if shard_size is not None:
+            _check_positive("shard_size", shard_size)
+        self._num_partitions = num_partitions
+        self.label_column = partition_by
+        self._num_shards_per_partition = num_shards_per_partition
+        self._shard_size = shard_size
+        self._keep_incomplete_shard = keep_incomplete_shard
+        self._shuffle = shuffle
+        self._seed = seed
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def fit(self, num_examples, label_counts):
+        n, parts = num_examples, self._num_partitions
+        if parts > n:
+            raise ValueError(f"ShardPartitioner: num_partitions={parts} is more than the {n} examples")
+        size, per = self._shard_size, self._num_shards_per_partition
+        if per is not None:
+            used = parts * per
+            per_array = [per] * parts
+            if size is None:
+                size = int(n / used)
+                usable = math.ceil(n / size) if (size and self._keep_incomplete_shard) else (n // size if size else 0)
+            else:
+                usable = n // size
+        else:
+            used = math.ceil(n / size) if self._keep_incomplete_shard else n // size
+            usable = used
+            base = used // parts
+            per_array = [base + (i < used - base * parts) for i in range(parts)]
+        if size is None or size < 1 or usable < parts or used > usable:
+            raise ValueError(
+                f"ShardPartitioner: {n} examples make {usable} usable shards of size {size}, fewer than the "
+                f"{used if per is not None else parts} needed for {parts} partitions; lower num_partitions, "
+                f"num_shards_per_partition or shard_size")
+        rng = np.random.default_rng(seed=self._seed)
+        shards = rng.permutation(usable)[:used]
+        owner = {}
+        start = 0
+        for pid, count in enumerate(per_array):
+            for sh in shards[start:start + count]:
+                owner[int(sh)] = pid
+            start += count
+        labels = _sorted_labels(label_counts, self.label_column)
+        first, acc = {}, 0
+        for lab in labels:
+            first[lab] = acc
+            acc += label_counts[lab]
+        self._plan_first = first
+        self._plan_owner = owner
+        self._plan_size = size
+        self._plan_n = n
+
+    def assign(self, ex, index, rank):
+        pos = self._plan_first[ex[self.label_column]] + rank
+        return self._plan_owner.get(pos // self._plan_size)
+
+
+class GroupedNaturalIdPartitioner(Partitioner):
+    """flwr-datasets ``GroupedNaturalIdPartitioner(partition_by, group_size, mode, sort_unique_ids)``:
+    the unique natural ids (in order of first appearance, or sorted) are cut
+    into groups of ``group_size``; ``mode`` is allow-smaller, allow-bigger,
+    drop-reminder or strict, as there."""
+
+    def __init__(self, partition_by: str, group_size: int, mode: str = "allow-smaller",
+                 sort_unique_ids: bool = False):
+        _check_positive("group_size", group_size)
+        if mode not in ("allow-smaller", "allow-bigger", "drop-reminder", "strict"):
+            raise ValueError(f"mode must be allow-smaller, allow-bigger, drop-reminder or strict, got {mode!r}")
+        self.label_column = partition_by
+        self._group_size = group_size
+        self._mode = mode
+        self._sort_unique_ids = sort_unique_ids
+
+    def fit(self, num_examples, label_counts):
+        ids = list(label_counts)
+        g, mode = self._group_size, self._mode
+        if mode != "allow-smaller" and g > len(ids):
+            raise ValueError(f"GroupedNaturalIdPartitioner: group_size={g} is more than the {len(ids)} "
+                             f"unique ids (only mode='allow-smaller' allows that)")
+        if self._sort_unique_ids:
+            ids = _sorted_labels(label_counts, self.label_column)
+        rem, groups = len(ids) % g, len(ids) // g
+        if groups == 0 and mode == "allow-smaller":
+            groups, rem = 1, 0
+        if mode == "strict" and rem:
+            raise ValueError(f"GroupedNaturalIdPartitioner: strict mode needs the {len(ids)} unique ids "
+                             f"to divide by group_size={g} (remainder {rem})")
+        if mode == "allow-bigger":
+            pieces = np.array_split(np.arange(len(ids)), groups)
+        else:
+            pieces = np.array_split(np.arange(groups * g if rem else len(ids)), groups)
+            if mode == "allow-smaller" and rem:
+                pieces.append(np.arange(groups * g, len(ids)))
+        owner = {}
+        for pid, piece in enumerate(pieces):
+            for i in piece:
+                owner[ids[i]] = pid
+        self._plan_owner = owner
+        self._num_partitions = len(pieces)
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def assign(self, ex, index, rank):
+        return self._plan_owner.get(ex[self.label_column])

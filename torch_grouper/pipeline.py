@@ -83,7 +83,7 @@ def partition(
     def before_write():
         _clear_output(fs, root)
 
-    n, kind, results = local.run(
+    n, kind, results, dropped = local.run(
         src, keyfn, out_url, num_workers=num_workers, shard_size=shard_size,
         memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
         progress=progress, before_write=before_write,
@@ -100,6 +100,7 @@ def partition(
         "created_by": f"torch_grouper {__version__}",
         "num_groups": index.num_rows,
         "num_examples": n,
+        "num_dropped": dropped,
         "num_bytes": num_bytes,
         "group_id_type": kind,
         "features": src.features,

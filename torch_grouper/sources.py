@@ -74,6 +74,27 @@ class Source:
         else:  # pragma: no cover
             raise AssertionError(kind)
 
+    def iter_column(self, s, col):
+        """Like ``iter_slice``, but only ``col`` needs to be present in the
+        examples (for a partitioner's first pass); reads only that column from
+        datasets and Parquet files, and nothing at all when ``col`` is None."""
+        kind = s[0]
+        if kind == "rows":
+            a, b = s[1], s[2]
+            if col is None:
+                for i in range(a, b):
+                    yield {}, None, i
+                return
+            if col not in self.obj.column_names:
+                raise SourceError(f"the dataset has no column {col!r} (columns: {self.obj.column_names})")
+            values = self.obj.select_columns([col]).with_format("arrow")[a:b][col].to_pylist()
+            for i, v in enumerate(values):
+                yield {col: v}, None, a + i
+        elif kind == "parquet" and col is not None:
+            yield from _iter_parquet(s[1], s[2], self.storage_options, columns=[col])
+        else:
+            yield from self.iter_slice(s)
+
     def file_no(self, s) -> int:
         """Which input file a slice reads (0 for non-file sources)."""
         return s[-1] if self.kind == "files" else 0
@@ -148,7 +169,7 @@ def as_source(obj, storage_options: dict | None = None, parallelism: int = 1) ->
             kind="iterable",
             features=feats.to_dict() if feats is not None else None,
             image_fields=_image_fields(feats),
-            stream=_hf_stream(obj),
+            stream=_HFStream(obj),
         )
     if isinstance(obj, (str, os.PathLike)) or (
         isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj)
@@ -201,12 +222,18 @@ def _hf_source(ds, parallelism) -> Source:
     )
 
 
-def _hf_stream(ds):
-    import datasets
+class _HFStream:
+    """An HF IterableDataset as a re-iterable stream (image columns undecoded)."""
 
-    for k in _image_fields(ds.features):
-        ds = ds.cast_column(k, datasets.Image(decode=False))
-    yield from ds
+    def __init__(self, ds):
+        import datasets
+
+        for k in _image_fields(ds.features):
+            ds = ds.cast_column(k, datasets.Image(decode=False))
+        self.ds = ds
+
+    def __iter__(self):
+        return iter(self.ds)
 
 
 def _iter_hf_rows(ds, start: int, stop: int):
@@ -365,13 +392,15 @@ def _iter_lines(url, start, end, storage_options, parse_json):
                 return
 
 
-def _iter_parquet(url, row_groups, storage_options):
+def _iter_parquet(url, row_groups, storage_options, columns=None):
     import pyarrow.parquet as pq
 
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
         pf = pq.ParquetFile(f)
+        if columns and any(c not in pf.schema_arrow.names for c in columns):
+            raise SourceError(f"{url}: no column {columns[0]!r} (columns: {pf.schema_arrow.names})")
         row = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
-        for batch in pf.iter_batches(row_groups=row_groups, batch_size=4096):
+        for batch in pf.iter_batches(row_groups=row_groups, batch_size=4096, columns=columns):
             for ex in batch.to_pylist():
                 yield ex, None, row
                 row += 1

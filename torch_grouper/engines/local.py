@@ -38,6 +38,7 @@ import multiprocess as mp
 from .. import format as fmt
 from ..codec import _WS_TABLE, EncodeError, encode
 from ..tario import _PADS, _header, member
+from ..partitioners import Partitioner
 from ..writer import ShardWriter
 
 # piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len
@@ -64,6 +65,7 @@ class MapResult:
     examples: int
     gid_kind: str | None
     gid_where: str | None  # where the first key of that kind was seen
+    dropped: int = 0  # examples a partitioner left out
 
 
 # ------------------------------------------------------------------- map
@@ -76,15 +78,26 @@ def _init(source, keyfn, tmpdir, budget):
 
 def _key_error(source, s, loc, keyfn, ex, e) -> PartitionError:
     where = source.where(s, loc)
-    col = getattr(keyfn, "column", None)
+    col = getattr(keyfn, "column", None) or getattr(keyfn, "label_column", None)
     if col is not None and isinstance(e, KeyError):
         cols = ", ".join(map(str, list(ex)[:20])) if isinstance(ex, dict) else type(ex).__name__
         return PartitionError(f"{where}: has no key column {col!r} (columns: {cols})")
     return PartitionError(f"{where}: key function raised {type(e).__name__}: {e}")
 
 
-def map_slice(slice_no: int, s) -> MapResult:
+def map_slice(slice_no: int, task) -> MapResult:
+    """Key, encode and spill one slice.  ``task`` is the slice, or for a
+    partitioner fitted on the whole source, ``(slice, (first global index,
+    {label: first rank}))``."""
     source, keyfn, tmpdir, budget = _W["source"], _W["keyfn"], _W["tmpdir"], _W["budget"]
+    planned = isinstance(keyfn, Partitioner)
+    if planned:
+        s, (index0, ranks0) = task
+        label_col = keyfn.label_column
+        running: dict = {}
+        dropped = 0
+    else:
+        s = task
     image_fields = source.image_fields
     buf: list = []
     size = 0
@@ -101,7 +114,16 @@ def map_slice(slice_no: int, s) -> MapResult:
     seen: dict = _W["seen"]
     for ordinal, (ex, raw, loc) in enumerate(source.iter_slice(s)):
         try:
-            gid = keyfn(ex)
+            if planned:
+                label = ex[label_col] if label_col is not None else None
+                r = running.get(label, 0)
+                running[label] = r + 1
+                gid = keyfn.assign(ex, index0 + ordinal, ranks0.get(label, 0) + r)
+                if gid is None:  # the partitioner leaves this example out
+                    dropped += 1
+                    continue
+            else:
+                gid = keyfn(ex)
         except Exception as e:  # noqa: BLE001 - reported with the example's location
             raise _key_error(source, s, loc, keyfn, ex, e) from None
         ck = (gid.__class__, gid)
@@ -163,7 +185,7 @@ def map_slice(slice_no: int, s) -> MapResult:
             size = 0
     if buf:
         runs.append(_spill(buf, tmpdir))
-    return MapResult(runs, n, kind, kind_where)
+    return MapResult(runs, n, kind, kind_where, dropped if planned else 0)
 
 
 def _spill(buf: list, tmpdir: str) -> Run:
@@ -299,6 +321,64 @@ def _bounded(pool, fn, items, limit):
         yield p.get()
 
 
+# ------------------------------------------------------------ first pass
+def count_slice(slice_no: int, s):
+    """First pass over one slice: (examples, {label: count} in first-seen order)."""
+    source, keyfn = _W["source"], _W["keyfn"]
+    col = keyfn.label_column
+    counts: dict = {}
+    n = 0
+    for ex, _, loc in source.iter_column(s, col):
+        if col is not None:
+            try:
+                label = ex[col]
+                counts[label] = counts.get(label, 0) + 1
+            except KeyError:
+                raise _key_error(source, s, loc, keyfn, ex, KeyError(col)) from None
+            except TypeError:
+                raise PartitionError(
+                    f"{source.where(s, loc)}: label {ex[col]!r} in column {col!r} is not hashable"
+                ) from None
+        n += 1
+    return n, counts
+
+
+def first_pass(source, keyfn, pool, progress):
+    """Count examples (and labels) per slice; fit the partitioner.
+
+    Returns the per-slice offsets ``(first global index, {label: first rank})``
+    that make each example's index and rank-in-class known in any worker."""
+    from tqdm.auto import tqdm
+
+    if source.stream is not None:
+        if iter(source.stream) is source.stream:
+            raise PartitionError(
+                f"{type(keyfn).__name__} needs a first pass over the data (to count examples"
+                f"{' and labels' if keyfn.label_column else ''}), but the source is a one-shot "
+                f"iterator; pass a list, a datasets.Dataset or IterableDataset, or files"
+            )
+        _init(source, keyfn, None, 0)
+        per_slice = [count_slice(i, s) for i, s in enumerate(source.chunks())]
+    elif pool is not None:
+        per_slice = list(_bounded(pool, count_slice, source.slices, len(source.slices)))
+    else:
+        _init(source, keyfn, None, 0)
+        per_slice = [count_slice(i, s) for i, s in enumerate(source.slices)]
+    offsets = []
+    total = 0
+    totals: dict = {}
+    for n, counts in per_slice:
+        offsets.append((total, dict(totals)))
+        total += n
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+    keyfn.fit(total, totals)
+    if progress:
+        tqdm.write(f"partition: first pass: {total:,} examples" +
+                   (f", {len(totals):,} labels" if keyfn.label_column else ""))
+    return offsets
+
+
 def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, storage_options,
         tmp_dir, progress, before_write=None):
     """Partition ``source`` into shards under ``root_url``.
@@ -316,18 +396,28 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
     pool = None
     try:
         items = source.slices if source.stream is None else source.chunks()
+        if isinstance(keyfn, Partitioner):
+            if num_workers > 1 and source.stream is None:
+                with _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget)) as p:
+                    offsets = first_pass(source, keyfn, p, progress)
+            else:
+                offsets = first_pass(source, keyfn, None, progress)
+            items = source.slices if source.stream is None else source.chunks()
+            items = zip(items, offsets)
         if num_workers > 1:
-            # the stream stays in this process; workers get its chunks
+            # workers fork from here, so they hold the fitted partitioner;
+            # a stream stays in this process and workers get its chunks
             pool = _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget))
             mapped = _bounded(pool, map_slice, items, 2 * num_workers)
         else:
             _init(source, keyfn, tmpdir, budget)
             mapped = (map_slice(i, s) for i, s in enumerate(items))
-        runs, n, kind, kind_where = [], 0, None, None
+        runs, n, kind, kind_where, dropped = [], 0, None, None, 0
         with tqdm(desc="partition: read", unit="ex", disable=not progress, leave=False) as bar:
             for res in mapped:
                 runs.extend(res.runs)
                 n += res.examples
+                dropped += res.dropped
                 bar.update(res.examples)
                 if res.gid_kind is None:
                     continue
@@ -355,7 +445,7 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
                 for a in args:
                     results.append(reduce_task(*a))
                     bar.update(1)
-        return n, kind, results
+        return n, kind, results, dropped
     finally:
         if pool is not None:
             pool.terminate()
