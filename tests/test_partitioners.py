@@ -164,3 +164,37 @@ def test_manifest_describes_partitioner(tmp_path):
     key = m["partition"]["key"]
     assert key["type"] == "DirichletPartitioner" and key["alpha"] == [1.0, 2.0, 3.0, 4.0]
     assert key["seed"] == 5 and key["label_column"] == "label"
+
+
+def test_label_statistics_in_index_and_manifest(tmp_path):
+    from torch_grouper.stats import plot_label_distribution, summary
+
+    exs = labelled()
+    m, g = run(tmp_path, exs, P.DirichletPartitioner(8, "label", alpha=0.5, seed=2))
+    index = tg.load_index(tmp_path / "o")
+    assert {"label_counts", "hellinger", "jensen_shannon"} <= set(index.column_names)
+    by_i = {e["i"]: e["label"] for e in exs}
+    glob = np.bincount([e["label"] for e in exs], minlength=10) / len(exs)
+    hells = []
+    for row in index.to_pylist():
+        actual = Counter(str(by_i[i]) for i in g[row["group_id"]])
+        assert dict(row["label_counts"]) == dict(actual)
+        p = np.array([actual.get(str(k), 0) for k in range(10)]) / len(g[row["group_id"]])
+        h = np.sqrt(0.5 * ((np.sqrt(p) - np.sqrt(glob)) ** 2).sum())
+        assert abs(row["hellinger"] - h) < 1e-9
+        mid = 0.5 * (p + glob)
+        kl = lambda a, b: sum(x * np.log2(x / y) for x, y in zip(a, b) if x > 0)  # noqa: E731
+        assert abs(row["jensen_shannon"] - np.sqrt(0.5 * kl(p, mid) + 0.5 * kl(glob, mid))) < 1e-9
+        hells.append(h)
+    ls = m["label_stats"]
+    assert ls["column"] == "label" and ls["num_labels"] == 10
+    assert abs(ls["hellinger"]["mean"] - np.mean(hells)) < 1e-9
+    assert summary(tg.GroupedDataset(tmp_path / "o"))["num_examples"] == N
+    png = plot_label_distribution(tmp_path / "o", str(tmp_path / "labels.png"), first=8)
+    assert open(png, "rb").read(4) == b"\x89PNG"
+    # any key, with label_column named: statistics for natural groups too
+    m2 = tg.partition(exs, lambda e: e["i"] % 5, tmp_path / "nat", label_column="label", progress=False)
+    assert m2["label_stats"]["hellinger"]["max"] < 0.1  # i % 5 is independent of the label
+    # no label column: no statistics
+    m3 = tg.partition(exs, lambda e: e["i"] % 5, tmp_path / "plain", progress=False)
+    assert m3["label_stats"] is None and "hellinger" not in tg.load_index(tmp_path / "plain").column_names

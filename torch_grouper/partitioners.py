@@ -99,6 +99,8 @@ class Partitioner:
     """
 
     label_column: str | None = None
+    #: record label skew statistics for ``label_column`` (labels, not ids)
+    label_stats = False
 
     def fit(self, num_examples: int, label_counts: dict) -> None:
         raise NotImplementedError
@@ -245,6 +247,8 @@ def _linear(x):
 class _ByLabel(Partitioner):
     """Each label's examples, in input order, are cut into consecutive pieces
     that go to partitions: ``_plan[label] = (cut points, partition of each piece)``."""
+
+    label_stats = True
 
     def assign(self, ex, index, rank):
         cuts, owners = self._plan[ex[self.label_column]]
@@ -396,6 +400,8 @@ class ShardPartitioner(Partitioner):
     partition gets ``num_shards_per_partition`` shards drawn by a seeded
     permutation (the same draw as flwr-datasets).  Shards no partition drew
     are left out."""
+
+    label_stats = True
 
     def __init__(self, num_partitions: int, partition_by: str, num_shards_per_partition: int | None = None,
                  shard_size: int | None = None, keep_incomplete_shard: bool = False,

@@ -12,6 +12,7 @@ from . import format as fmt
 from .engines import local
 from .partitioners import describe_key, key_function
 from .sources import as_source
+from .stats import label_summary
 from .writer import index_table, json_safe, write_index, write_manifest
 
 DEFAULT_SHARD_SIZE = 256 << 20
@@ -30,6 +31,7 @@ def partition(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     tmp_dir: str | None = None,
     progress: bool = True,
+    label_column: str | None = None,
 ) -> dict:
     """Partition ``source`` into per-group WebDataset shards at ``output``.
 
@@ -54,6 +56,11 @@ def partition(
             whatever the input size and the size of the largest group.
         tmp_dir: local directory for spill files (default: the system temp dir).
         progress: show tqdm progress bars.
+        label_column: count this column's values per group and record label
+            skew (per-group label counts, Hellinger and Jensen-Shannon distance
+            to the global label distribution) in the index and manifest.
+            Label partitioners (Dirichlet, Pathological, Shard, ...) do this
+            for their ``partition_by`` column unless told otherwise.
 
     Returns:
         The dataset's manifest (a dict): counts, shards, schema, partition spec.
@@ -80,13 +87,16 @@ def partition(
     if src.slices:
         num_workers = min(num_workers, len(src.slices))
 
+    if label_column is None and getattr(keyfn, "label_stats", False):
+        label_column = keyfn.label_column
+
     def before_write():
         _clear_output(fs, root)
 
     n, kind, results, dropped = local.run(
         src, keyfn, out_url, num_workers=num_workers, shard_size=shard_size,
         memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
-        progress=progress, before_write=before_write,
+        progress=progress, before_write=before_write, stats_column=label_column,
     )
     if not results:  # an empty source still makes a (complete, empty) dataset
         fs.makedirs(root, exist_ok=True)
@@ -112,6 +122,7 @@ def partition(
             "source": {"description": src.description, "fingerprint": src.fingerprint},
         },
         "index": index_info,
+        "label_stats": ({"column": label_column, **label_summary(index)} if label_column else None),
         "shards": shards,
     }
     write_manifest(fs, root, manifest)

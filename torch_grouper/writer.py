@@ -30,7 +30,7 @@ FLUSH_BYTES = 8 << 20
 class ShardWriter:
     """Writes the groups of one reduce task into ``shard-TASK-KKK.tar`` files."""
 
-    def __init__(self, fs, root: str, task: int, shard_size: int, gid_kind: str):
+    def __init__(self, fs, root: str, task: int, shard_size: int, gid_kind: str, label_stats: bool = False):
         self.fs = fs
         self.root = root
         self.task = task
@@ -40,6 +40,9 @@ class ShardWriter:
         self.file = None
         self.shards: list[dict] = []
         self.rows = {c: [] for c in fmt.INDEX_COLUMNS}
+        self.label_stats = label_stats
+        if label_stats:
+            self.rows["label_counts"] = []
         self._prev_hash = None
         self._prev_canon = None
         self._open_group = False
@@ -84,6 +87,8 @@ class ShardWriter:
         r["num_examples"].append(self.g_examples)
         r["num_bytes"].append(self.g_bytes)
         r["num_words"].append(self.g_words)
+        if self.label_stats:
+            r["label_counts"].append(self.g_labels)
         self.shard_groups += 1
         self.shard_examples += self.g_examples
 
@@ -99,7 +104,7 @@ class ShardWriter:
         self.pos += len(data)
 
     def add_piece(self, ghash: int, canon: bytes, n: int, nwords: int, nbytes: int,
-                  blob_len: int, src) -> None:
+                  blob_len: int, src, labels: dict | None = None) -> None:
         """Append ``n`` examples of one group: ``blob_len`` bytes of tar members
         read from the file object ``src``.  Calls come sorted by group, and a
         group's pieces in input order."""
@@ -114,6 +119,7 @@ class ShardWriter:
             self._open_group = True
             self.g_offset = self.pos
             self.g_examples = self.g_bytes = self.g_words = 0
+            self.g_labels = {}
             r = self.rows
             r["group_id"].append(fmt.decode_group_id(canon, self.gid_kind))
             r["shard"].append(self.name)
@@ -128,6 +134,10 @@ class ShardWriter:
         self.g_examples += n
         self.g_bytes += nbytes
         self.g_words += nwords
+        if labels:
+            g = self.g_labels
+            for k, v in labels.items():
+                g[k] = g.get(k, 0) + v
 
     def close(self) -> tuple[dict, list[dict]]:
         """Finish; returns (index rows as columns of Python lists, shard infos).
@@ -183,7 +193,14 @@ def index_table(row_columns: list, gid_kind: str) -> pa.Table:
         gid = _binary_array(ids, pa.binary())
     arrays = [gid, _binary_array([x.encode() for x in cols["shard"]], pa.string())]
     arrays += [_int64_array(cols[c]) for c in schema.names[2:]]
-    return pa.Table.from_arrays(arrays, names=schema.names)
+    table = pa.Table.from_arrays(arrays, names=schema.names)
+    if row_columns and "label_counts" in row_columns[0]:
+        from .stats import label_columns
+
+        counts = [c for rc in row_columns for c in rc["label_counts"]]
+        for name, arr in label_columns(counts).items():
+            table = table.append_column(name, arr)
+    return table
 
 
 def write_index(fs, root: str, table: pa.Table) -> dict:

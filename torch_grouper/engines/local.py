@@ -25,6 +25,7 @@ only on the data.
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import shutil
 import struct
@@ -41,8 +42,8 @@ from ..tario import _PADS, _header, member
 from ..partitioners import Partitioner
 from ..writer import ShardWriter
 
-# piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len
-_PIECE = struct.Struct("<QIIQQQ")
+# piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len, labels_len
+_PIECE = struct.Struct("<QIIQQQI")  # ... + length of the piece's label counts (JSON)
 _ENTRY_OVERHEAD = 160  # Python object overhead of one buffered example
 TASK_MIN_BYTES = 16 << 20
 TASKS_PER_DATASET = 64
@@ -72,8 +73,8 @@ class MapResult:
 _W: dict = {}  # per-process state set by _init
 
 
-def _init(source, keyfn, tmpdir, budget):
-    _W.update(source=source, keyfn=keyfn, tmpdir=tmpdir, budget=budget, seen={})
+def _init(source, keyfn, tmpdir, budget, stats_column=None):
+    _W.update(source=source, keyfn=keyfn, tmpdir=tmpdir, budget=budget, seen={}, stats_column=stats_column)
 
 
 def _key_error(source, s, loc, keyfn, ex, e) -> PartitionError:
@@ -91,6 +92,8 @@ def map_slice(slice_no: int, task) -> MapResult:
     {label: first rank}))``."""
     source, keyfn, tmpdir, budget = _W["source"], _W["keyfn"], _W["tmpdir"], _W["budget"]
     planned = isinstance(keyfn, Partitioner)
+    stats_col = _W.get("stats_column")
+    label_keys: dict = {}  # label -> its key in the label-count JSON
     if planned:
         s, (index0, ranks0) = task
         label_col = keyfn.label_column
@@ -176,7 +179,17 @@ def map_slice(slice_no: int, task) -> MapResult:
                 raise PartitionError(f"{source.where(s, loc)} (group {gid!r}): {e}") from None
             key = f"{hexh}_{fno:05d}{loc:013d}."
             tar = b"".join(c for suffix, data in members for c in member(key + suffix, data))
-        buf.append((h, canon, ordinal, nwords, nbytes, tar))
+        lk = None
+        if stats_col is not None:
+            try:
+                lab = ex[stats_col]
+                lk = label_keys.get(lab)
+            except (KeyError, TypeError) as e:
+                raise _key_error(source, s, loc, keyfn, ex, KeyError(stats_col) if isinstance(e, KeyError)
+                                 else TypeError(f"label {ex.get(stats_col)!r} is not hashable")) from None
+            if lk is None:
+                lk = label_keys[lab] = lab if type(lab) is str else json.dumps(lab)
+        buf.append((h, canon, ordinal, nwords, nbytes, tar, lk))
         size += len(tar) + len(canon) + _ENTRY_OVERHEAD
         n += 1
         if size >= budget:
@@ -215,11 +228,19 @@ def _spill(buf: list, tmpdir: str) -> Run:
             blobs = [e[5] for e in buf[i:j]]
             blob_len = sum(map(len, blobs))
             sizes[bk] = sizes.get(bk, 0) + blob_len
+            if buf[i][6] is None:
+                lc = b""
+            else:
+                counts: dict = {}
+                for e in buf[i:j]:
+                    counts[e[6]] = counts.get(e[6], 0) + 1
+                lc = json.dumps(counts).encode()
             out.append(pack(h, len(canon), j - i, sum(e[3] for e in buf[i:j]),
-                            sum(e[4] for e in buf[i:j]), blob_len))
+                            sum(e[4] for e in buf[i:j]), blob_len, len(lc)))
             out.append(canon)
+            out.append(lc)
             out.extend(blobs)
-            pos += _PIECE.size + len(canon) + blob_len
+            pos += _PIECE.size + len(canon) + len(lc) + blob_len
             pending += blob_len
             if pending >= 4 << 20:
                 f.writelines(out)
@@ -235,19 +256,21 @@ def _spill(buf: list, tmpdir: str) -> Run:
 
 # ---------------------------------------------------------------- reduce
 def _read_pieces(path: str, start: int, stop: int, bufsize: int):
-    """Yield ``(hash, canon, n, nwords, nbytes, blob_len, file)`` per piece of a
-    run's byte range.  The consumer may read the blob from ``file`` before
-    asking for the next piece; whatever it leaves is skipped."""
+    """Yield ``(hash, canon, n, nwords, nbytes, label counts or None, blob_len,
+    file)`` per piece of a run's byte range.  The consumer may read the blob
+    from ``file`` before asking for the next piece; whatever it leaves is
+    skipped."""
     hsize = _PIECE.size
     unpack = _PIECE.unpack
     with open(path, "rb", buffering=bufsize) as f:
         f.seek(start)
         pos = start
         while pos < stop:
-            h, clen, n, nwords, nbytes, blob_len = unpack(f.read(hsize))
+            h, clen, n, nwords, nbytes, blob_len, llen = unpack(f.read(hsize))
             canon = f.read(clen)
-            blob_at = pos + hsize + clen
-            yield h, canon, n, nwords, nbytes, blob_len, f
+            labels = json.loads(f.read(llen)) if llen else None
+            blob_at = pos + hsize + clen + llen
+            yield h, canon, n, nwords, nbytes, labels, blob_len, f
             pos = blob_at + blob_len
             f.seek(pos)
 
@@ -257,17 +280,17 @@ def _piece_key(p):
 
 
 def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_size: int,
-                gid_kind: str, budget: int):
+                gid_kind: str, budget: int, label_stats: bool = False):
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(root_url, **(storage_options or {}))
     bufsize = max(64 << 10, min(1 << 20, budget // max(1, 2 * len(ranges))))
     streams = [_read_pieces(p, a, b, bufsize) for p, a, b in ranges if b > a]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_piece_key)
-    w = ShardWriter(fs, root, task, shard_size, gid_kind)
+    w = ShardWriter(fs, root, task, shard_size, gid_kind, label_stats)
     try:
-        for h, canon, n, nwords, nbytes, blob_len, f in merged:
-            w.add_piece(h, canon, n, nwords, nbytes, blob_len, f)
+        for h, canon, n, nwords, nbytes, labels, blob_len, f in merged:
+            w.add_piece(h, canon, n, nwords, nbytes, blob_len, f, labels)
         return w.close()
     except BaseException:
         w.abort()
@@ -380,7 +403,7 @@ def first_pass(source, keyfn, pool, progress):
 
 
 def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, storage_options,
-        tmp_dir, progress, before_write=None):
+        tmp_dir, progress, before_write=None, stats_column=None):
     """Partition ``source`` into shards under ``root_url``.
 
     ``before_write`` is called after every example has been read, keyed and
@@ -407,10 +430,10 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
         if num_workers > 1:
             # workers fork from here, so they hold the fitted partitioner;
             # a stream stays in this process and workers get its chunks
-            pool = _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget))
+            pool = _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget, stats_column))
             mapped = _bounded(pool, map_slice, items, 2 * num_workers)
         else:
-            _init(source, keyfn, tmpdir, budget)
+            _init(source, keyfn, tmpdir, budget, stats_column)
             mapped = (map_slice(i, s) for i, s in enumerate(items))
         runs, n, kind, kind_where, dropped = [], 0, None, None, 0
         with tqdm(desc="partition: read", unit="ex", disable=not progress, leave=False) as bar:
@@ -432,8 +455,8 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
         tasks = plan_tasks(runs, shard_size)
         if before_write is not None:
             before_write()
-        args = [(t, task_inputs(runs, lo, hi), root_url, storage_options, shard_size, kind, budget)
-                for t, (lo, hi) in enumerate(tasks)]
+        args = [(t, task_inputs(runs, lo, hi), root_url, storage_options, shard_size, kind, budget,
+                 stats_column is not None) for t, (lo, hi) in enumerate(tasks)]
         results = []
         with tqdm(total=len(args), desc="partition: write", unit="task", disable=not progress,
                   leave=False) as bar:
