@@ -4,8 +4,8 @@
     python benchmarks/partitioners.py                       # 1M examples, 1,000 Dirichlet groups
     python benchmarks/partitioners.py --n 200000 --parts 100
 
-For DirichletPartitioner (and, on a smaller slice, PathologicalPartitioner and
-ShardPartitioner) it builds the partitions with flwr-datasets (in the
+For DirichletPartitioner (and, on the first 100,000 rows, Pathological, Shard,
+InnerDirichlet and Continuous) it builds the partitions with flwr-datasets (in the
 virtual environment of ../shared/bench/README.md) and with torch_grouper, and
 prints:
   * whether the two give the same partitions: sizes and per-partition label
@@ -111,7 +111,8 @@ def main():
         labels = rng.choice(a.labels, size=a.n, p=w / w.sum())
         table = pa.table({"i": np.arange(a.n), "label": labels, "x": rng.random(a.n).astype(np.float32)})
         pq.write_table(table, os.path.join(work, "data.parquet"), row_group_size=100_000)
-        small = table.slice(0, min(a.n, 100_000))
+        small = table.slice(0, 100_000)
+        assert a.n >= 100_000, "--n must be at least 100,000"
         pq.write_table(small, os.path.join(work, "small.parquet"), row_group_size=25_000)
         cases = [
             ("DirichletPartitioner", "data.parquet", {"num_partitions": a.parts, "partition_by": "label",
@@ -120,6 +121,10 @@ def main():
                                                           "num_classes_per_partition": 2, "seed": 42}),
             ("ShardPartitioner", "small.parquet", {"num_partitions": 100, "partition_by": "label",
                                                    "num_shards_per_partition": 2, "seed": 42}),
+            ("InnerDirichletPartitioner", "small.parquet", {"partition_sizes": [1000] * 100,
+                                                            "partition_by": "label", "alpha": 0.5, "seed": 42}),
+            ("ContinuousPartitioner", "small.parquet", {"num_partitions": 100, "partition_by": "x",
+                                                        "strictness": 0.5, "seed": 42}),
         ]
         print(f"{'partitioner':<25} {'rows':>9} {'parts':>6} {'same':>5} {'hellinger ours/flwr':>20} "
               f"{'ours s':>7} {'flwr s':>7} {'ratio':>6} {'RSS MB ours/flwr':>17}")

@@ -198,3 +198,44 @@ def test_label_statistics_in_index_and_manifest(tmp_path):
     # no label column: no statistics
     m3 = tg.partition(exs, lambda e: e["i"] % 5, tmp_path / "plain", progress=False)
     assert m3["label_stats"] is None and "hellinger" not in tg.load_index(tmp_path / "plain").column_names
+
+
+def test_inner_dirichlet_sizes(tmp_path):
+    exs = labelled()
+    sizes = [500, 1000, 1500]
+    m, g = run(tmp_path, exs, P.InnerDirichletPartitioner(sizes, "label", alpha=0.5, seed=3))
+    assert [len(g[i]) for i in range(3)] == sizes
+    assert_exactly_once(g, N)
+    with pytest.raises(ValueError, match="partition sizes add up to 2999; they must add up to the 3000"):
+        tg.partition(exs, P.InnerDirichletPartitioner([2999], "label", 1.0), tmp_path / "x", progress=False)
+
+
+def test_continuous_sorts_by_property(tmp_path):
+    exs = [{"i": i, "v": float((i * 7919) % 1000), "label": 0} for i in range(2000)]
+    m, g = run(tmp_path, exs, P.ContinuousPartitioner(4, "v", strictness=1.0))
+    assert [len(g[i]) for i in range(4)] == [500] * 4
+    assert_exactly_once(g, 2000)
+    v = {e["i"]: e["v"] for e in exs}
+    tops = [max(v[i] for i in g[p]) for p in range(4)]
+    bottoms = [min(v[i] for i in g[p]) for p in range(4)]
+    assert all(tops[p] <= bottoms[p + 1] for p in range(3))  # strictness 1: ordered by the property
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    for w in (1, 3):
+        run(tmp_path, src, P.ContinuousPartitioner(4, "v", 0.5, seed=1), f"c{w}", w)
+    assert digest(tmp_path / "c1") == digest(tmp_path / "c3")
+    with pytest.raises(ValueError, match="column 'v' holds None or NaN \\(first at example 1\\)"):
+        tg.partition([{"v": 1.0}, {"v": None}], P.ContinuousPartitioner(1, "v", 0.5), tmp_path / "n", progress=False)
+
+
+def test_dirichlet_process_parallel_and_skewed(tmp_path):
+    exs = labelled()
+    src = tmp_path / "s.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    ds = []
+    for w in (1, 2):
+        m, g = run(tmp_path, src, P.DirichletProcessPartitioner(30, "label", alpha=0.2, seed=4), f"d{w}", w)
+        assert_exactly_once(g, N)
+        ds.append(digest(tmp_path / f"d{w}"))
+    assert ds[0] == ds[1]
+    assert m["label_stats"]["hellinger"]["mean"] > 0.3  # alpha 0.2: strong label skew

@@ -7,6 +7,8 @@ with a ``describe()`` used in the dataset manifest.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from bisect import bisect_right
@@ -101,6 +103,9 @@ class Partitioner:
     label_column: str | None = None
     #: record label skew statistics for ``label_column`` (labels, not ids)
     label_stats = False
+    #: the first pass collects ``label_column``'s values in input order
+    #: (``fit`` gets that list instead of label counts)
+    collect_values = False
 
     def fit(self, num_examples: int, label_counts: dict) -> None:
         raise NotImplementedError
@@ -520,3 +525,161 @@ class GroupedNaturalIdPartitioner(Partitioner):
 
     def assign(self, ex, index, rank):
         return self._plan_owner.get(ex[self.label_column])
+
+
+class InnerDirichletPartitioner(Partitioner):
+    """flwr-datasets ``InnerDirichletPartitioner(partition_sizes, partition_by, alpha)``:
+    partition sizes are given; each partition draws label priors from
+    Dir(alpha) and fills its slots one example at a time (the same seeded
+    draws as flwr-datasets, so the same partitions).  Labels are taken in
+    sorted order (flwr-datasets expects them to be 0..k-1)."""
+
+    label_stats = True
+
+    def __init__(self, partition_sizes, partition_by: str, alpha, shuffle: bool = True,
+                 seed: int | None = 42):
+        if isinstance(partition_sizes, (str, bytes)) or not len(partition_sizes):
+            raise ValueError("partition_sizes must be a non-empty sequence of positive integers")
+        for s in partition_sizes:
+            _check_positive("every partition size", int(s))
+        self._partition_sizes = [int(s) for s in partition_sizes]
+        self._num_partitions = len(self._partition_sizes)
+        self.label_column = partition_by
+        self._alpha = alpha
+        self._shuffle = shuffle
+        self._seed = seed
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def fit(self, num_examples, label_counts):
+        if sum(self._partition_sizes) != num_examples:
+            raise ValueError(f"InnerDirichletPartitioner: the partition sizes add up to "
+                             f"{sum(self._partition_sizes)}; they must add up to the {num_examples} examples")
+        labels = _sorted_labels(label_counts, self.label_column)
+        k = len(labels)
+        a = self._alpha
+        alpha = np.full(k, float(a)) if np.isscalar(a) else np.asarray(a, dtype=float).ravel()
+        if alpha.shape != (k,) or not (alpha > 0).all():
+            raise ValueError(f"alpha must be a positive number or {k} positive numbers (one per label)")
+        rng = np.random.default_rng(seed=self._seed)
+        priors = rng.dirichlet(alpha=alpha, size=self._num_partitions)
+        class_sizes = [label_counts[lab] for lab in labels]
+        owners = [np.zeros(n, dtype=np.int32) for n in class_sizes]
+        left = dict(enumerate(self._partition_sizes))
+        not_full = list(range(self._num_partitions))
+        classes = list(range(k))
+        remaining = num_examples
+        while remaining:
+            pid = rng.choice(not_full)
+            if left[pid] == 0:
+                not_full.pop(not_full.index(pid))
+                continue
+            left[pid] -= 1
+            remaining -= 1
+            probs = priors[pid]
+            while True:
+                c = rng.choice(classes, p=probs)
+                if class_sizes[c] == 0:
+                    priors[:, c] = 0
+                    priors = priors / priors.sum(axis=1, keepdims=True)
+                    probs = priors[pid]
+                    continue
+                class_sizes[c] -= 1
+                owners[c][class_sizes[c]] = pid  # flwr-datasets takes each label's examples from the end
+                break
+        self._plan = {lab: owners[i] for i, lab in enumerate(labels)}
+
+    def assign(self, ex, index, rank):
+        return int(self._plan[ex[self.label_column]][rank])
+
+
+class ContinuousPartitioner(Partitioner):
+    """flwr-datasets ``ContinuousPartitioner(num_partitions, partition_by, strictness)``:
+    examples are sorted by their standardized numeric property blended with
+    seeded Gaussian noise (``strictness`` 1: by the property alone, 0: IID),
+    and the sorted order is cut into equal parts.  The same draws as
+    flwr-datasets, so the same partitions.  The first pass reads the column's
+    values (4 bytes an example)."""
+
+    collect_values = True
+
+    def __init__(self, num_partitions: int, partition_by: str, strictness: float,
+                 shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        if not 0 <= strictness <= 1:
+            raise ValueError(f"strictness must be between 0 and 1, got {strictness!r}")
+        self._num_partitions = num_partitions
+        self.label_column = partition_by
+        self._strictness = float(strictness)
+        self._shuffle = shuffle
+        self._seed = seed
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def fit(self, num_examples, values):
+        if self._num_partitions > num_examples:
+            raise ValueError(f"ContinuousPartitioner: num_partitions={self._num_partitions} is more than "
+                             f"the {num_examples} examples")
+        try:
+            v = np.array([np.nan if x is None else x for x in values], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"ContinuousPartitioner: column {self.label_column!r} must hold numbers") from None
+        if np.isnan(v).any():
+            raise ValueError(f"ContinuousPartitioner: column {self.label_column!r} holds None or NaN "
+                             f"(first at example {int(np.flatnonzero(np.isnan(v))[0])})")
+        std = np.std(v)
+        if std < 1e-6 and self._strictness > 0:
+            raise ValueError(f"ContinuousPartitioner: column {self.label_column!r} is constant "
+                             f"(std={std}); use strictness=0 for an IID split")
+        z = (v - np.mean(v)) / std if std > 0 else np.zeros_like(v)
+        noise = np.random.default_rng(self._seed).normal(loc=0, scale=1, size=len(z))
+        order = np.argsort(self._strictness * z + (1 - self._strictness) * noise)
+        owner = np.empty(len(v), dtype=np.int32)
+        for pid, idx in enumerate(np.array_split(order, self._num_partitions)):
+            owner[idx] = pid
+        self._plan_owner = owner
+
+    def assign(self, ex, index, rank):
+        return int(self._plan_owner[index])
+
+
+class DirichletProcessPartitioner(Partitioner):
+    """Dataset Grouper's label-skew partitioning, seeded: each label draws its
+    own categorical distribution over ``num_partitions`` groups from
+    Dir(alpha), and each example independently picks its group from its
+    label's distribution.  No example waits for another, so assignment is
+    embarrassingly parallel; the randomness comes from (seed, label) and
+    (seed, example index), so it is the same for any worker count."""
+
+    label_stats = True
+
+    def __init__(self, num_partitions: int, partition_by: str, alpha: float = 1.0, seed: int = 0):
+        _check_positive("num_partitions", num_partitions)
+        if not alpha > 0:
+            raise ValueError(f"alpha must be positive, got {alpha!r}")
+        self._num_partitions = num_partitions
+        self.label_column = partition_by
+        self._alpha = float(alpha)
+        self._seed = int(seed)
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def fit(self, num_examples, label_counts):
+        cdfs = {}
+        for lab in label_counts:
+            h = hashlib.blake2b(f"{self._seed}\0{json.dumps(lab, default=str)}".encode(), digest_size=8)
+            rng = np.random.default_rng(int.from_bytes(h.digest(), "big"))
+            cdfs[lab] = np.cumsum(rng.dirichlet(np.full(self._num_partitions, self._alpha))).tolist()
+        self._plan = cdfs
+
+    def assign(self, ex, index, rank):
+        h = hashlib.blake2b(f"{self._seed}\0{index}".encode(), digest_size=8).digest()
+        u = int.from_bytes(h, "big") / 2.0**64
+        cdf = self._plan[ex[self.label_column]]
+        return min(bisect_right(cdf, u), self._num_partitions - 1)

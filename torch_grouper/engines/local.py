@@ -96,7 +96,7 @@ def map_slice(slice_no: int, task) -> MapResult:
     label_keys: dict = {}  # label -> its key in the label-count JSON
     if planned:
         s, (index0, ranks0) = task
-        label_col = keyfn.label_column
+        label_col = None if keyfn.collect_values else keyfn.label_column  # ranks only per label
         running: dict = {}
         dropped = 0
     else:
@@ -351,6 +351,14 @@ def count_slice(slice_no: int, s):
     col = keyfn.label_column
     counts: dict = {}
     n = 0
+    if keyfn.collect_values:
+        values = []
+        for ex, _, loc in source.iter_column(s, col):
+            try:
+                values.append(ex[col])
+            except KeyError:
+                raise _key_error(source, s, loc, keyfn, ex, KeyError(col)) from None
+        return len(values), values
     for ex, _, loc in source.iter_column(s, col):
         if col is not None:
             try:
@@ -389,6 +397,14 @@ def first_pass(source, keyfn, pool, progress):
         per_slice = [count_slice(i, s) for i, s in enumerate(source.slices)]
     offsets = []
     total = 0
+    if keyfn.collect_values:
+        values: list = []
+        for n, vals in per_slice:
+            offsets.append((total, {}))
+            total += n
+            values.extend(vals)
+        keyfn.fit(total, values)
+        return offsets
     totals: dict = {}
     for n, counts in per_slice:
         offsets.append((total, dict(totals)))
