@@ -113,6 +113,11 @@ class Partitioner:
     def assign(self, ex: dict, index: int, rank: int):
         raise NotImplementedError
 
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions (known after ``fit`` for GroupedNaturalIdPartitioner)."""
+        return self._num_partitions
+
     def __call__(self, ex):
         raise TypeError(f"{type(self).__name__} is applied by torch_grouper.partition(source, key=partitioner)")
 
@@ -134,6 +139,14 @@ def _plain(v):
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_sizes(partition_sizes) -> list:
+    if isinstance(partition_sizes, (str, bytes)) or not hasattr(partition_sizes, "__len__") or not len(partition_sizes):
+        raise ValueError("partition_sizes must be a non-empty sequence of positive integers")
+    for s in partition_sizes:
+        _check_positive("every partition size", s)
+    return [int(s) for s in partition_sizes]
 
 
 def _sorted_labels(label_counts: dict, column: str) -> list:
@@ -158,10 +171,6 @@ class _Contiguous(Partitioner):
         i = bisect_right(self._plan_bounds, index)
         return i if i < len(self._plan_bounds) else None
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
 
 class IidPartitioner(_Contiguous):
     """flwr-datasets ``IidPartitioner(num_partitions)``: partition i is the i-th
@@ -185,11 +194,7 @@ class SizePartitioner(_Contiguous):
     next ``partition_sizes[i]`` examples; examples past their sum are left out."""
 
     def __init__(self, partition_sizes):
-        if isinstance(partition_sizes, (str, bytes)) or not hasattr(partition_sizes, "__len__") or not len(partition_sizes):
-            raise ValueError("partition_sizes must be a non-empty sequence of positive integers")
-        for s in partition_sizes:
-            _check_positive("every partition size", s)
-        self._partition_sizes = [int(s) for s in partition_sizes]
+        self._partition_sizes = _check_sizes(partition_sizes)
         self._num_partitions = len(self._partition_sizes)
 
     def _sizes(self, n):
@@ -258,10 +263,6 @@ class _ByLabel(Partitioner):
     def assign(self, ex, index, rank):
         cuts, owners = self._plan[ex[self.label_column]]
         return owners[bisect_right(cuts, rank)]
-
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
 
 
 class DirichletPartitioner(_ByLabel):
@@ -426,10 +427,6 @@ class ShardPartitioner(Partitioner):
         self._shuffle = shuffle
         self._seed = seed
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
     def fit(self, num_examples, label_counts):
         n, parts = num_examples, self._num_partitions
         if parts > n:
@@ -519,10 +516,6 @@ class GroupedNaturalIdPartitioner(Partitioner):
         self._plan_owner = owner
         self._num_partitions = len(pieces)
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
     def assign(self, ex, index, rank):
         return self._plan_owner.get(ex[self.label_column])
 
@@ -538,20 +531,12 @@ class InnerDirichletPartitioner(Partitioner):
 
     def __init__(self, partition_sizes, partition_by: str, alpha, shuffle: bool = True,
                  seed: int | None = 42):
-        if isinstance(partition_sizes, (str, bytes)) or not len(partition_sizes):
-            raise ValueError("partition_sizes must be a non-empty sequence of positive integers")
-        for s in partition_sizes:
-            _check_positive("every partition size", int(s))
-        self._partition_sizes = [int(s) for s in partition_sizes]
+        self._partition_sizes = _check_sizes(partition_sizes)
         self._num_partitions = len(self._partition_sizes)
         self.label_column = partition_by
         self._alpha = alpha
         self._shuffle = shuffle
         self._seed = seed
-
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
 
     def fit(self, num_examples, label_counts):
         if sum(self._partition_sizes) != num_examples:
@@ -616,10 +601,6 @@ class ContinuousPartitioner(Partitioner):
         self._shuffle = shuffle
         self._seed = seed
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
-
     def fit(self, num_examples, values):
         if self._num_partitions > num_examples:
             raise ValueError(f"ContinuousPartitioner: num_partitions={self._num_partitions} is more than "
@@ -665,10 +646,6 @@ class DirichletProcessPartitioner(Partitioner):
         self.label_column = partition_by
         self._alpha = float(alpha)
         self._seed = int(seed)
-
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
 
     def fit(self, num_examples, label_counts):
         cdfs = {}
