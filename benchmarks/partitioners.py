@@ -38,8 +38,16 @@ FLWR = textwrap.dedent("""
     datasets.disable_progress_bars()
     path, spec = sys.argv[1], json.loads(sys.argv[2])
     ds = datasets.load_dataset("parquet", data_files=path, split="train", cache_dir=sys.argv[3])
+    if spec["cls"].startswith("Vertical"):
+        part = getattr(P, spec["cls"])(**spec["args"])
+        part.dataset = ds
+        print(json.dumps({"columns": [part.load_partition(p).column_names for p in range(part.num_partitions)]}))
+        sys.exit(0)
+    args = dict(spec["args"])
+    if "distribution_array" in args:
+        args["distribution_array"] = np.asarray(args["distribution_array"])
     t0 = time.perf_counter()
-    part = getattr(P, spec["cls"])(**spec["args"])
+    part = getattr(P, spec["cls"])(**args)
     part.dataset = ds
     n = part.num_partitions
     sizes, counts = [], []
@@ -125,6 +133,10 @@ def main():
                                                             "partition_by": "label", "alpha": 0.5, "seed": 42}),
             ("ContinuousPartitioner", "small.parquet", {"num_partitions": 100, "partition_by": "x",
                                                         "strictness": 0.5, "seed": 42}),
+            ("DistributionPartitioner", "small.parquet", {
+                "distribution_array": np.random.default_rng(1).random((a.labels, 20)).tolist(),
+                "num_partitions": 100, "num_unique_labels_per_partition": 2, "partition_by": "label",
+                "preassigned_num_samples_per_label": 5, "seed": 42}),
         ]
         print(f"{'partitioner':<25} {'rows':>9} {'parts':>6} {'same':>5} {'hellinger ours/flwr':>20} "
               f"{'ours s':>7} {'flwr s':>7} {'ratio':>6} {'RSS MB ours/flwr':>17}")
@@ -139,6 +151,22 @@ def main():
                   f"{hellinger(ours['counts']):>9.4f}/{hellinger(flwr['counts']):<10.4f} "
                   f"{ours['seconds']:>7.2f} {flwr['seconds']:>7.2f} {ours['seconds'] / flwr['seconds']:>6.2f} "
                   f"{ours['rss_mb']:>8.0f}/{flwr['rss_mb']:<8.0f}")
+        # vertical: the same columns for each party
+        wide = pa.table({f"c{j}": np.arange(10) for j in range(13)} | {"y": np.arange(10), "uid": np.arange(10)})
+        pq.write_table(wide, os.path.join(work, "wide.parquet"))
+        sys.path.insert(0, ROOT)
+        from torch_grouper import partitioners as P
+
+        for cls, args in [("VerticalEvenPartitioner", {"num_partitions": 4, "active_party_columns": "y",
+                                                       "shared_columns": "uid", "seed": 7}),
+                          ("VerticalSizePartitioner", {"partition_sizes": [0.2, 0.3, 0.5], "drop_columns": "c0",
+                                                       "active_party_columns": "y",
+                                                       "active_party_columns_mode": "create_as_first"})]:
+            flwr = run([a.flwr_python, "-c", FLWR, os.path.join(work, "wide.parquet"),
+                        json.dumps({"cls": cls, "args": args}), os.path.join(work, "hfcache")])
+            ours = getattr(P, cls)(**args).party_columns(wide.column_names)
+            print(f"{cls:<25} same column split as flwr-datasets: {ours == flwr['columns']} "
+                  f"({len(ours)} parties: {[len(c) for c in ours]} columns)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -239,3 +239,42 @@ def test_dirichlet_process_parallel_and_skewed(tmp_path):
         ds.append(digest(tmp_path / f"d{w}"))
     assert ds[0] == ds[1]
     assert m["label_stats"]["hellinger"]["mean"] > 0.3  # alpha 0.2: strong label skew
+
+
+def test_distribution_partitioner(tmp_path):
+    exs = labelled()
+    rng = np.random.default_rng(0)
+    dist = rng.random((10, 6))  # 30 partitions x 2 labels each, over 10 labels: 6 pieces per label
+    part = P.DistributionPartitioner(dist, num_partitions=30, num_unique_labels_per_partition=2,
+                                     partition_by="label", preassigned_num_samples_per_label=2)
+    m, g = run(tmp_path, exs, part)
+    assert_exactly_once(g, N, dropped=m["num_dropped"])
+    assert m["num_dropped"] == 0  # with rescale, every example is placed
+    by_i = {e["i"]: e["label"] for e in exs}
+    for pid, ids in g.items():  # partition p holds labels p, p+1 (mod 10)
+        assert {by_i[i] for i in ids} <= {pid % 10, (pid + 1) % 10}
+    with pytest.raises(ValueError, match=r"distribution_array must have shape \(10, 6\)"):
+        tg.partition(exs, P.DistributionPartitioner(dist[:, :5], 30, 2, "label", 2), tmp_path / "x", progress=False)
+
+
+def test_vertical_partitioners(tmp_path):
+    exs = [{"user": f"u{i % 4}", "a": i, "b": i * 2, "c": str(i), "d": i % 3, "y": i % 2} for i in range(200)]
+    even = P.VerticalEvenPartitioner(2, active_party_columns="y", shared_columns="user", seed=1)
+    cols = even.party_columns(list(exs[0]))
+    assert sorted(c for p in cols for c in p if c not in ("user",)) == ["a", "b", "c", "d", "y"]
+    assert all("user" in p for p in cols) and "y" in cols[-1]
+    ms = tg.partition_vertical(exs, even, tmp_path / "v", progress=False)
+    assert len(ms) == 2
+    parties = [next(iter(tg.GroupedDataset(tmp_path / "v" / f"party-{p}"))) for p in range(2)]
+    joined = {}
+    for p, g in enumerate(parties):
+        assert g.id == p and len(g) == 200
+        for ex in g:
+            assert set(ex) == set(cols[p]) | {"example_id"}
+            joined.setdefault(ex["example_id"], {}).update(ex)
+    assert [{k: v for k, v in joined[i].items() if k != "example_id"} for i in range(200)] == exs
+    by_user = tg.partition_vertical(exs, P.VerticalSizePartitioner([0.5, 0.5], seed=2), tmp_path / "u",
+                                    key="user", progress=False)
+    assert [m["num_groups"] for m in by_user] == [4, 4]
+    with pytest.raises(ValueError, match="partition_sizes add up to 3 columns"):
+        tg.partition_vertical(exs, P.VerticalSizePartitioner([1, 2]), tmp_path / "bad", progress=False)

@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 from .codec import EncodeError
 from .dataset import Group, GroupedDataset, load_index
 from .engines.local import PartitionError
-from .pipeline import partition
+from .pipeline import partition, partition_vertical
+from . import partitioners
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
 from .tario import TarFormatError
@@ -24,4 +25,6 @@ __all__ = [
     "UrlDomainKey",
     "load_index",
     "partition",
+    "partition_vertical",
+    "partitioners",
 ]

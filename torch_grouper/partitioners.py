@@ -660,3 +660,195 @@ class DirichletProcessPartitioner(Partitioner):
         u = int.from_bytes(h, "big") / 2.0**64
         cdf = self._plan[ex[self.label_column]]
         return min(bisect_right(cdf, u), self._num_partitions - 1)
+
+
+class DistributionPartitioner(_ByLabel):
+    """flwr-datasets ``DistributionPartitioner(distribution_array, num_partitions,
+    num_unique_labels_per_partition, partition_by, preassigned_num_samples_per_label,
+    rescale)``: row ``l`` of ``distribution_array`` (labels in sorted order)
+    gives how label ``l``'s examples are cut into pieces; partition ``p``
+    takes the next piece of each of its labels (the labels ``p``, ``p+1``,
+    ... in rotation).  The same seeded draws as flwr-datasets."""
+
+    def __init__(self, distribution_array, num_partitions: int, num_unique_labels_per_partition: int,
+                 partition_by: str, preassigned_num_samples_per_label: int, rescale: bool = True,
+                 shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        _check_positive("num_unique_labels_per_partition", num_unique_labels_per_partition)
+        arr = np.asarray(distribution_array)
+        if arr.ndim != 2:
+            raise ValueError(f"distribution_array must be 2-dimensional, got shape {arr.shape}")
+        self._distribution_array = arr
+        self._num_partitions = num_partitions
+        self._num_unique_labels_per_partition = num_unique_labels_per_partition
+        self.label_column = partition_by
+        self._preassigned_num_samples_per_label = int(preassigned_num_samples_per_label)
+        self._rescale = rescale
+        self._shuffle = shuffle
+        self._seed = seed
+
+    def fit(self, num_examples, label_counts):
+        labels = _sorted_labels(label_counts, self.label_column)
+        k, parts, per = len(labels), self._num_partitions, self._num_unique_labels_per_partition
+        if per > k:
+            raise ValueError(f"DistributionPartitioner: num_unique_labels_per_partition={per} is more than "
+                             f"the {k} labels in column {self.label_column!r}")
+        cols = int(per * parts / k)
+        arr = self._distribution_array
+        if arr.shape != (k, cols):
+            raise ValueError(f"DistributionPartitioner: distribution_array must have shape ({k}, {cols}) "
+                             f"(labels x num_unique_labels_per_partition * num_partitions / labels), "
+                             f"got {arr.shape}")
+        counts = np.array([label_counts[lab] for lab in labels], dtype=float)
+        if self._rescale:
+            dist = arr / np.sum(arr, axis=-1, keepdims=True)
+            pre = self._preassigned_num_samples_per_label * cols
+            if pre > counts.min():
+                raise ValueError(
+                    f"DistributionPartitioner: preassigning {self._preassigned_num_samples_per_label} examples "
+                    f"of each label to each of {cols} pieces needs {pre} examples of every label; label "
+                    f"{labels[int(counts.argmin())]!r} has {int(counts.min())}")
+            matrix = np.floor(dist * (counts - pre)[:, np.newaxis]).astype(int) + self._preassigned_num_samples_per_label
+        else:
+            matrix = arr.astype(int)
+            over = [lab for lab, row, c in zip(labels, matrix, counts) if row.sum() > c]
+            if over:
+                raise ValueError(f"DistributionPartitioner: distribution_array asks for more examples of "
+                                 f"label {over[0]!r} than the source has")
+        rng = np.random.default_rng(seed=self._seed)
+        users = {lab: [] for lab in labels}
+        for pid in range(parts):
+            for lab in np.roll(np.array(labels, dtype=object), -pid)[:per]:
+                users[lab].append(pid)
+        plan = {}
+        for lab, row in zip(labels, matrix):
+            cuts = np.cumsum(row).tolist()
+            owners = [users[lab][j] if j < len(users[lab]) else None for j in range(cols)]
+            extra = None
+            if self._rescale:  # the remainder joins a random piece, as in flwr-datasets
+                extra = owners[int(rng.integers(0, cols))]
+            plan[lab] = (cuts, owners + [extra])
+        self._plan = plan
+
+
+# ----------------------------------------------------------------------------
+# Vertical partitioners: columns split among parties
+# ----------------------------------------------------------------------------
+_ACTIVE_MODES = ("add_to_first", "add_to_last", "create_as_first", "create_as_last", "add_to_all")
+
+
+def _names(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, str):
+        return [x]
+    if not all(isinstance(c, str) for c in x):
+        raise TypeError("column names must be strings")
+    return list(x)
+
+
+class _Vertical:
+    """Splits a source's columns among parties (``partition_vertical``)."""
+
+    def __init__(self, active_party_columns, active_party_columns_mode, drop_columns, shared_columns,
+                 shuffle, seed):
+        if not (isinstance(active_party_columns_mode, int) or active_party_columns_mode in _ACTIVE_MODES):
+            raise ValueError(f"active_party_columns_mode must be an int or one of {_ACTIVE_MODES}")
+        self._active_party_columns = _names(active_party_columns)
+        self._active_party_columns_mode = active_party_columns_mode
+        self._drop_columns = _names(drop_columns)
+        self._shared_columns = _names(shared_columns)
+        self._shuffle = shuffle
+        self._seed = seed
+
+    def _split(self, columns: list) -> list:
+        raise NotImplementedError
+
+    def party_columns(self, all_columns: list) -> list:
+        """The columns of each party, as flwr-datasets would give them."""
+        for c in self._shared_columns + self._active_party_columns:
+            if c not in all_columns:
+                raise ValueError(f"column {c!r} not found in the source (columns: {all_columns})")
+        skip = set(self._drop_columns) | set(self._shared_columns) | set(self._active_party_columns)
+        columns = [c for c in all_columns if c not in skip]
+        if self._shuffle:
+            np.random.default_rng(seed=self._seed).shuffle(columns)
+        parts = self._split(columns)
+        active, mode = self._active_party_columns, self._active_party_columns_mode
+        if active:
+            if isinstance(mode, int):
+                if not 0 <= mode < len(parts):
+                    raise ValueError(f"active_party_columns_mode={mode} is not a party index 0..{len(parts) - 1}")
+                parts[mode].extend(active)
+            elif mode == "add_to_first":
+                parts[0].extend(active)
+            elif mode == "add_to_last":
+                parts[-1].extend(active)
+            elif mode == "create_as_first":
+                parts.insert(0, list(active))
+            elif mode == "create_as_last":
+                parts.append(list(active))
+            else:
+                for p in parts:
+                    p.extend(active)
+        for p in parts:
+            p.extend(self._shared_columns)
+        return parts
+
+    def describe(self) -> dict:
+        return {"type": type(self).__name__, **{k.lstrip("_"): _plain(v) for k, v in vars(self).items()}}
+
+
+class VerticalEvenPartitioner(_Vertical):
+    """flwr-datasets ``VerticalEvenPartitioner``: the columns (less dropped,
+    shared and active-party ones; shuffled with ``seed``) split evenly."""
+
+    def __init__(self, num_partitions: int, active_party_columns=None, active_party_columns_mode="add_to_last",
+                 drop_columns=None, shared_columns=None, shuffle: bool = True, seed: int | None = 42):
+        _check_positive("num_partitions", num_partitions)
+        self._num_partitions = num_partitions
+        super().__init__(active_party_columns, active_party_columns_mode, drop_columns, shared_columns,
+                         shuffle, seed)
+
+    def _split(self, columns):
+        div, mod = divmod(len(columns), self._num_partitions)
+        out, start = [], 0
+        for i in range(self._num_partitions):
+            end = start + div + (i < mod)
+            out.append(columns[start:end])
+            start = end
+        return out
+
+
+class VerticalSizePartitioner(_Vertical):
+    """flwr-datasets ``VerticalSizePartitioner``: ``partition_sizes`` are column
+    counts (ints adding up to the columns divided) or fractions (floats adding
+    up to 1; the last party takes the remainder)."""
+
+    def __init__(self, partition_sizes, active_party_columns=None, active_party_columns_mode="add_to_last",
+                 drop_columns=None, shared_columns=None, shuffle: bool = True, seed: int | None = 42):
+        sizes = list(partition_sizes)
+        if not sizes or not (all(isinstance(s, int) and s >= 0 for s in sizes)
+                             or all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in sizes)):
+            raise ValueError("partition_sizes must be all ints >= 0 or all floats in [0, 1]")
+        if isinstance(sizes[0], float) and abs(sum(sizes) - 1.0) > 1e-6:
+            raise ValueError(f"float partition_sizes must add up to 1.0, got {sum(sizes)}")
+        self._partition_sizes = sizes
+        super().__init__(active_party_columns, active_party_columns_mode, drop_columns, shared_columns,
+                         shuffle, seed)
+
+    def _split(self, columns):
+        sizes, n = self._partition_sizes, len(columns)
+        if isinstance(sizes[0], int):
+            if sum(sizes) != n:
+                raise ValueError(f"partition_sizes add up to {sum(sizes)} columns; the {n} columns to divide "
+                                 f"are {columns} (shared, dropped and active-party columns are not divided)")
+            counts = sizes
+        else:
+            counts = [int(math.floor(f * n)) for f in sizes[:-1]]
+            counts.append(n - sum(counts))
+        out, start = [], 0
+        for c in counts:
+            out.append(columns[start:start + c])
+            start += c
+        return out

@@ -161,3 +161,59 @@ def _clear_output(fs, root: str) -> None:
     else:
         fs.makedirs(root, exist_ok=True)
     fs.invalidate_cache(root)
+
+
+def partition_vertical(source, partitioner, output: str | os.PathLike, *, key: str | None = None,
+                       id_column: str = "example_id", **kwargs) -> list:
+    """Split ``source``'s columns among parties (vertical federated learning).
+
+    ``partitioner`` is a ``VerticalEvenPartitioner`` or ``VerticalSizePartitioner``
+    (flwr-datasets' semantics and seeded column shuffle).  Party ``p`` becomes
+    its own dataset at ``output/party-p``; its examples hold that party's
+    columns plus ``id_column``, the example's index in the source, shared by
+    all parties so their rows can be joined.  Each party dataset is one group
+    (its party number), or, with ``key`` a column name (kept in every party),
+    one group per value of that column.  Other arguments go to ``partition``.
+    Returns the parties' manifests, in party order.
+    """
+    from .sources import iter_examples
+
+    if key is not None and not isinstance(key, str):
+        raise TypeError("partition_vertical: key must be a column name (kept in every party)")
+    src = as_source(source, kwargs.get("storage_options"))
+    first = next(iter_examples(src), None)
+    if first is None:
+        raise ValueError("partition_vertical: the source is empty")
+    if id_column in first:
+        raise ValueError(f"partition_vertical: the source already has a column {id_column!r}; "
+                         f"choose another id_column")
+    if key is not None and key not in first:
+        raise ValueError(f"partition_vertical: no key column {key!r} (columns: {list(first)})")
+    parties = partitioner.party_columns(list(first))
+    out = os.fspath(output).rstrip("/")
+    manifests = []
+    for p, cols in enumerate(parties):
+        keep = cols + [key] if key is not None and key not in cols else cols
+
+        def rows(keep=keep):
+            for i, ex in enumerate(iter_examples(src)):
+                row = {id_column: i}
+                row.update((c, ex[c]) for c in keep)
+                yield row
+
+        manifests.append(partition(rows(), key if key is not None else _Constant(p), f"{out}/party-{p}",
+                                   **kwargs))
+    return manifests
+
+
+class _Constant:
+    """A key putting every example in one group."""
+
+    def __init__(self, gid: int):
+        self.gid = gid
+
+    def __call__(self, ex) -> int:
+        return self.gid
+
+    def describe(self) -> dict:
+        return {"type": "party", "party": self.gid}

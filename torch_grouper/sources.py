@@ -130,6 +130,16 @@ class Source:
             yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def iter_examples(source: Source):
+    """Every example of a source, in input order, in this process."""
+    if source.stream is not None:
+        yield from source.stream
+        return
+    for s in source.slices:
+        for ex, _, _ in source.iter_slice(s):
+            yield ex
+
+
 def _approx_size(ex) -> int:
     n = 64
     if isinstance(ex, dict):
