@@ -6,15 +6,16 @@ filesystem, and stream the groups back as PyTorch IterableDatasets.
 __version__ = "0.1.0"
 
 from .codec import EncodeError
-from .dataset import Group, GroupedDataset, load_index
+from .dataset import Cohorts, Group, GroupedDataset, load_index
 from .engines.local import PartitionError
 from .pipeline import partition, partition_vertical
-from . import partitioners
+from . import partitioners, transforms
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
 from .tario import TarFormatError
 
 __all__ = [
+    "Cohorts",
     "ColumnKey",
     "EncodeError",
     "Group",
@@ -27,4 +28,5 @@ __all__ = [
     "partition",
     "partition_vertical",
     "partitioners",
+    "transforms",
 ]

@@ -1,9 +1,11 @@
 """Reading a grouped dataset: ``GroupedDataset``, ``Group`` and ``load_index``."""
 from __future__ import annotations
 
-import os
+import copy
 import json
+import os
 import posixpath
+import threading
 from collections import OrderedDict
 from typing import Iterator
 
@@ -47,8 +49,7 @@ class Group:
     def __iter__(self) -> Iterator[dict]:
         if self._examples is not None:
             return iter(self._examples)
-        reader, shard, offset, length = self._src
-        return reader.examples(shard, offset, length)
+        return self._src[0].examples(*self._src[1:])
 
     def examples(self) -> list:
         """All examples as a list (reads the group if it was not read yet)."""
@@ -110,8 +111,9 @@ class _Reader:
     def __init__(self, fs, root: str, url: str):
         self.fs, self.root, self.url = fs, root, url
         self._open: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
 
-    def __getstate__(self):
+    def __getstate__(self):  # handles and the lock stay in this process
         return {"fs": self.fs, "root": self.root, "url": self.url}
 
     def __setstate__(self, st):
@@ -136,10 +138,17 @@ class _Reader:
     def where(self, shard: str) -> str:
         return posixpath.join(self.url, shard)
 
-    def read(self, shard: str, offset: int, length: int) -> bytes:
-        f = self._file(shard)
-        f.seek(offset)
-        data = f.read(length)
+    def read(self, shard: str, offset: int, length: int, ranged: bool = False) -> bytes:
+        """``length`` bytes at ``offset``: through a cached open handle (streaming),
+        or with ``ranged`` as one stateless ranged request (random access,
+        safe from any thread)."""
+        if ranged:
+            data = self.fs.cat_file(posixpath.join(self.root, shard), start=offset, end=offset + length)
+        else:
+            with self._lock:
+                f = self._file(shard)
+                f.seek(offset)
+                data = f.read(length)
         if len(data) != length:
             raise TarFormatError(
                 f"{self.where(shard)}: byte offset {offset + len(data)}: shard ends early "
@@ -147,10 +156,10 @@ class _Reader:
             )
         return data
 
-    def examples(self, shard: str, offset: int, length: int) -> Iterator[dict]:
+    def examples(self, shard: str, offset: int, length: int, ranged: bool = False) -> Iterator[dict]:
         where = self.where(shard)
         if length <= WHOLE_READ:
-            return iter(_decode_group(self.read(shard, offset, length), where, offset))
+            return iter(_decode_group(self.read(shard, offset, length, ranged), where, offset))
         return _assemble(self._stream_members(shard, offset, length, where))
 
     def _stream_members(self, shard, offset, length, where):
@@ -255,14 +264,32 @@ def _int64_column(table: pa.Table, name: str) -> np.ndarray:
 class GroupedDataset(torch.utils.data.IterableDataset):
     """A grouped dataset as a stream of groups (a ``torch`` IterableDataset).
 
-    ``for g in GroupedDataset(path)`` yields :class:`Group` objects in dataset
-    order; ``len(ds)`` is the number of groups.  Under a ``DataLoader`` with
-    ``num_workers=k`` (use ``batch_size=None``) each worker reads a disjoint,
-    contiguous share of the groups (balanced by bytes, split at group
-    boundaries, so there is no idle worker even with one shard), and every
-    group arrives exactly once.  Groups handed from a worker to the main
-    process are materialized (their examples travel as a list); in the main
-    process a group is streamed from its shard.
+    ``for g in GroupedDataset(path)`` yields :class:`Group` objects;
+    ``len(ds)`` is the number of groups; ``ds[group_id]`` reads one group.
+
+    Sharing: under a ``DataLoader`` with ``num_workers=k`` (use
+    ``batch_size=None``) and across distributed ranks, each reader (rank x
+    worker) gets a disjoint, contiguous share of the epoch's group order,
+    balanced by bytes and split at group boundaries, so there is no idle
+    reader even with one shard, and every group arrives exactly once.  Groups
+    handed from a worker to the main process are materialized (their examples
+    travel as a list); in the main process a group streams from its shard.
+
+    Order: without ``shuffle``, dataset order.  With ``shuffle``, the shards'
+    order and the groups' order inside each shard are permuted, seeded by
+    (``seed``, epoch): the same for the same seed, epoch and number of
+    readers; ``set_epoch(e)`` changes it.  Reading stays shard by shard.
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (also what torchdata's
+    ``StatefulDataLoader`` calls, in each worker) record the epoch and how many
+    groups this reader has delivered; after loading, iteration continues with
+    exactly the groups not yet delivered.  The order is recomputed from the
+    index, not replayed, so resuming costs the same anywhere in an epoch.
+
+    ``map_groups(fn)`` returns a copy whose groups go through ``fn`` in the
+    reader (the DataLoader worker); ``torch_grouper.transforms`` has the FL
+    client pipeline (shuffle examples, take, repeat, batch, to torch).
+    ``cohorts(size, ...)`` draws FL rounds by random access.
 
     Examples come out as plain Python values (numpy arrays for array fields,
     bytes for binary and image fields), so PyTorch, JAX, NumPy and Flower all
@@ -270,12 +297,13 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     Args:
         path: dataset directory, a local path or fsspec URL.
+        shuffle, seed: see Order.
         storage_options: passed to fsspec.
         rank, world_size: this process's share for distributed reading
             (default: from ``torch.distributed`` when it is initialized).
     """
 
-    def __init__(self, path, *, storage_options: dict | None = None,
+    def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
                  rank: int | None = None, world_size: int | None = None):
         super().__init__()
         self.fs, self.root, self.url, self.manifest = _open_dataset(path, storage_options)
@@ -284,6 +312,11 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         self._cols = None
         self._by_id = None
         self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed = shuffle, int(seed)
+        self.epoch = 0
+        self._transforms: tuple = ()
+        self._delivered = 0  # groups this reader has yielded in the current epoch
+        self._resume: dict | None = None
 
     # ------------------------------------------------------------- info
     def __len__(self) -> int:
@@ -311,16 +344,51 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return self._index
 
     def group_ids(self) -> list:
-        return self.index["group_id"].to_pylist()
+        return list(self._columns()["ids"])
 
     def __repr__(self) -> str:
         return (f"GroupedDataset({self.url!r}, groups={len(self)}, examples={self.num_examples}, "
-                f"shards={len(self.manifest['shards'])})")
+                f"shards={len(self.manifest['shards'])}, shuffle={self.shuffle})")
 
     def __getstate__(self):
         st = self.__dict__.copy()
         st["_index"] = st["_cols"] = st["_by_id"] = None
         return st
+
+    # ------------------------------------------------------------- views
+    def map_groups(self, fn) -> "GroupedDataset":
+        """A copy that applies ``fn(group)`` to every group in the reader.
+
+        ``fn`` may return anything picklable (a Group, a list of batches, ...);
+        chain calls to compose.  It also applies to ``ds[id]`` and cohorts."""
+        new = copy.copy(self)
+        new._transforms = self._transforms + (fn,)
+        new._resume = None
+        new._delivered = 0
+        return new
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of ``epoch`` (call before iterating)."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """This reader's position: epoch and groups delivered in it."""
+        reader, readers, _ = self._share()
+        return {"epoch": self.epoch, "delivered": self._delivered, "reader": reader, "readers": readers,
+                "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: the next iteration yields exactly the
+        groups this reader had not delivered yet in that epoch."""
+        if state.get("num_groups") != len(self):
+            raise ValueError(f"state is for a dataset of {state.get('num_groups')} groups; "
+                             f"{self.url} has {len(self)}")
+        if (state.get("seed"), state.get("shuffle")) != (self.seed, self.shuffle):
+            raise ValueError(f"state was saved with seed={state.get('seed')}, shuffle={state.get('shuffle')}; "
+                             f"this dataset has seed={self.seed}, shuffle={self.shuffle}")
+        self.epoch = int(state["epoch"])
+        self._resume = dict(state)
 
     # ------------------------------------------------------------- reading
     def _columns(self):
@@ -337,23 +405,34 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             }
         return self._cols
 
-    def _group(self, i: int) -> Group:
+    def _group(self, i: int, ranged: bool = False) -> Group:
+        """Group at index row ``i``; ``ranged``: read by one ranged request
+        (random access) rather than through the streaming handle."""
         c = self._columns()
         return Group(
             c["ids"][i], num_examples=int(c["num_examples"][i]), num_bytes=int(c["num_bytes"][i]),
             num_words=int(c["num_words"][i]),
-            _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i])),
+            _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]),
+                  ranged),
         )
 
-    def __getitem__(self, group_id) -> Group:
+    def _apply(self, g):
+        for fn in self._transforms:
+            g = fn(g)
+        return g
+
+    def __getitem__(self, group_id):
         """Random access to one group by id (one ranged read of its shard)."""
+        return self._apply(self._group(self.position_of(group_id), ranged=True))
+
+    def position_of(self, group_id) -> int:
+        """The group's row in the index."""
         if self._by_id is None:
             self._by_id = {g: i for i, g in enumerate(self._columns()["ids"])}
         try:
-            i = self._by_id[group_id]
+            return self._by_id[group_id]
         except (KeyError, TypeError):
             raise KeyError(f"no group {group_id!r} in {self.url}") from None
-        return self._group(i)
 
     def _share(self) -> tuple[int, int, bool]:
         """(reader number, number of readers, in a worker?) for this process."""
@@ -368,23 +447,122 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                 rank, world = 0, 1
         return rank * nw + wid, world * nw, info is not None
 
-    def _my_groups(self, reader: int, readers: int) -> np.ndarray:
+    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
+        """All group rows in the order of ``epoch`` (dataset order without shuffle)."""
         c = self._columns()
         n = len(c["ids"])
-        if readers == 1:
+        if not self.shuffle:
             return np.arange(n)
-        length = c["length"].astype(np.int64)
+        e = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, e])
+        shard_rank = rng.permutation(len(c["shard_names"]))[c["shard"]]  # shards in a seeded order
+        within = rng.random(n)  # and the groups of each shard in a seeded order
+        return np.lexsort((within, shard_rank))
+
+    def _my_rows(self, reader: int, readers: int, order: np.ndarray) -> np.ndarray:
+        """This reader's contiguous share of ``order``, balanced by bytes."""
+        if readers == 1:
+            return order
+        length = self._columns()["length"][order]
         total = int(length.sum())
         starts = np.cumsum(length) - length
         owner = np.minimum((starts * readers) // max(total, 1), readers - 1)
-        return np.nonzero(owner == reader)[0]
+        return order[owner == reader]
 
-    def __iter__(self) -> Iterator[Group]:
+    def __iter__(self):
         reader, readers, in_worker = self._share()
+        start = 0
+        if self._resume is not None:
+            st, self._resume = self._resume, None
+            if (st["reader"], st["readers"]) != (reader, readers):
+                raise ValueError(f"state was saved by reader {st['reader']} of {st['readers']}; this is reader "
+                                 f"{reader} of {readers} (resume with the same world size and num_workers)")
+            start = int(st["delivered"])
+        self._delivered = start
         if len(self) == 0:
             return
-        for i in self._my_groups(reader, readers):
-            g = self._group(int(i))
-            if in_worker:
+        rows = self._my_rows(reader, readers, self.epoch_order())
+        for k in range(start, len(rows)):
+            g = self._group(int(rows[k]))
+            if in_worker and not self._transforms:
                 g.examples()
-            yield g
+            out = self._apply(g)
+            self._delivered = k + 1
+            yield out
+        self._delivered = 0  # a finished epoch resumes from its start
+
+    # ------------------------------------------------------------- cohorts
+    def cohorts(self, size: int, *, seed: int = 0, replacement: str = "epoch", weighted: bool = False,
+                rounds: int | None = None, num_threads: int = 8) -> "Cohorts":
+        """FL rounds: an iterator of cohorts (lists of groups, after ``map_groups``).
+
+        Within a round groups are distinct.  ``replacement="epoch"``: rounds
+        walk a seeded permutation of all groups, so no group repeats until
+        every group has been drawn; ``"independent"``: each round is an
+        independent draw without replacement (``weighted``: probability
+        proportional to ``num_examples``).  Deterministic by (seed, round);
+        ``state_dict``/``load_state_dict`` resume at a round.  Groups are
+        fetched by random access on ``num_threads`` threads, so a round costs
+        ``size`` ranged reads whatever the dataset size."""
+        return Cohorts(self, size, seed=seed, replacement=replacement, weighted=weighted, rounds=rounds,
+                       num_threads=num_threads)
+
+
+class Cohorts:
+    """Rounds of groups drawn from a GroupedDataset (see ``GroupedDataset.cohorts``)."""
+
+    def __init__(self, ds: GroupedDataset, size: int, *, seed: int, replacement: str, weighted: bool,
+                 rounds: int | None, num_threads: int):
+        n = len(ds)
+        if not 1 <= size <= n:
+            raise ValueError(f"cohort size must be between 1 and the {n} groups, got {size}")
+        if replacement not in ("epoch", "independent"):
+            raise ValueError(f"replacement must be 'epoch' or 'independent', got {replacement!r}")
+        if weighted and replacement != "independent":
+            raise ValueError("weighted=True draws each round independently: use replacement='independent'")
+        self.ds, self.size, self.seed = ds, size, int(seed)
+        self.replacement, self.weighted = replacement, weighted
+        self.rounds, self.num_threads = rounds, num_threads
+        self.round = 0
+        self._perm_epoch, self._perm = None, None
+
+    def rows(self, r: int) -> np.ndarray:
+        """Index rows of round ``r``'s cohort (no reading)."""
+        n = len(self.ds)
+        if self.replacement == "independent":
+            rng = np.random.default_rng([self.seed, r])
+            p = None
+            if self.weighted:
+                w = self.ds._columns()["num_examples"].astype(np.float64)
+                p = w / w.sum()
+            return rng.choice(n, size=self.size, replace=False, p=p)
+        per_epoch = n // self.size  # full cohorts per pass over all groups
+        epoch, k = divmod(r, per_epoch)
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            self._perm_epoch = epoch
+        return self._perm[k * self.size:(k + 1) * self.size]
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "seed": self.seed, "size": self.size, "replacement": self.replacement}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["seed"], state["size"], state["replacement"]) != (self.seed, self.size, self.replacement):
+            raise ValueError("cohort state was saved with another seed, size or replacement")
+        self.round = int(state["round"])
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        ds = self.ds
+
+        def fetch(row):
+            g = ds._group(int(row), ranged=True)
+            g.examples()
+            return ds._apply(g)
+
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            while self.rounds is None or self.round < self.rounds:
+                cohort = list(pool.map(fetch, self.rows(self.round)))
+                self.round += 1
+                yield cohort
