@@ -146,3 +146,17 @@ def test_weighted_cohorts_favour_big_groups(tmp_path):
     assert picks["big"] > 120
     with pytest.raises(ValueError, match="cohort size must be between 1 and the 101 groups"):
         ds.cohorts(500)
+
+
+@pytest.mark.parametrize("buffer", [0, 100])
+def test_flat_view_every_example_once(dsdir, buffer):
+    out, exs = dsdir
+    ds = tg.GroupedDataset(out, shuffle=True, seed=1)
+    flat = ds.examples(shuffle_buffer=buffer, seed=2)
+    got = [(gid, ex["i"]) for gid, ex in DataLoader(flat, batch_size=None, num_workers=2)]
+    assert sorted(got, key=lambda t: t[1]) == [(e["g"], e["i"]) for e in exs]
+    again = [(gid, ex["i"]) for gid, ex in ds.examples(shuffle_buffer=buffer, seed=2)]
+    assert again == [(gid, ex["i"]) for gid, ex in ds.examples(shuffle_buffer=buffer, seed=2)]
+    if buffer:  # groups are mixed: consecutive examples often come from different groups
+        changes = sum(1 for a, b in zip(again, again[1:]) if a[0] != b[0])
+        assert changes > len(again) // 2

@@ -491,6 +491,14 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             yield out
         self._delivered = 0  # a finished epoch resumes from its start
 
+    # ------------------------------------------------------------- flat view
+    def examples(self, *, shuffle_buffer: int = 0, seed: int = 0) -> "FlatView":
+        """All examples as ``(group_id, example)``: the centralized baseline on
+        the same data.  Readers share the groups as in the grouped stream; a
+        seeded buffer of ``shuffle_buffer`` examples mixes groups (0: group
+        by group, in order)."""
+        return FlatView(self, shuffle_buffer, seed)
+
     # ------------------------------------------------------------- cohorts
     def cohorts(self, size: int, *, seed: int = 0, replacement: str = "epoch", weighted: bool = False,
                 rounds: int | None = None, num_threads: int = 8) -> "Cohorts":
@@ -506,6 +514,40 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         ``size`` ranged reads whatever the dataset size."""
         return Cohorts(self, size, seed=seed, replacement=replacement, weighted=weighted, rounds=rounds,
                        num_threads=num_threads)
+
+
+class FlatView(torch.utils.data.IterableDataset):
+    """Examples of a GroupedDataset with their group ids (``GroupedDataset.examples``)."""
+
+    def __init__(self, ds: GroupedDataset, shuffle_buffer: int, seed: int):
+        super().__init__()
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.ds, self.shuffle_buffer, self.seed = ds, shuffle_buffer, seed
+
+    def __len__(self) -> int:
+        return self.ds.num_examples
+
+    def __iter__(self):
+        reader, readers, _ = self.ds._share()
+        groups = (g for g in self.ds)
+        if not self.shuffle_buffer:
+            for g in groups:
+                for ex in g:
+                    yield g.id, ex
+            return
+        rng = np.random.default_rng([self.seed, self.ds.epoch, reader, readers])
+        buf: list = []
+        for g in groups:
+            for ex in g:
+                if len(buf) < self.shuffle_buffer:
+                    buf.append((g.id, ex))
+                    continue
+                j = int(rng.integers(len(buf)))
+                out, buf[j] = buf[j], (g.id, ex)
+                yield out
+        rng.shuffle(buf)
+        yield from buf
 
 
 class Cohorts:
