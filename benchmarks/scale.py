@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Scale benchmark: millions of groups (c4s_3m), one run.
+
+    python benchmarks/scale.py                    # makes /tmp/c4s_3m.jsonl if missing (~2.8 GB)
+    python benchmarks/scale.py --flwr             # + flwr-datasets' load_partition latency
+
+Each step runs in its own process, so each peak RSS is its own:
+  1. partition the corpus by URL domain (target <= 120 s, peak RSS <= 1 GB);
+  2. stream every example of every group in one process (target <= 60 s, <= 1 GB);
+  3. random access ds[group_id] for 1,000 seeded random groups: p50 (target
+     <= 2 ms) and p99, after the first call (which loads the id map);
+  4. time to the first group after load_state_dict at 10% and at 90% of a
+     shuffled epoch (must be flat: the order is recomputed, never replayed);
+  5. with --flwr: flwr-datasets 0.6.1 NaturalIdPartitioner on the same file:
+     time to build the partitions and load_partition latency (or why not).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BENCH = os.path.join(ROOT, "..", "shared", "bench")
+
+PRELUDE = """
+import json, resource, sys, time
+import numpy as np
+import torch_grouper as tg
+def rss():
+    return {"rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+"""
+
+STEPS = {
+    "partition": """
+t0 = time.perf_counter()
+m = tg.partition(sys.argv[1], tg.UrlDomainKey("url"), sys.argv[2], num_workers=int(sys.argv[3]),
+                 overwrite=True, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t0, "groups": m["num_groups"],
+                  "examples": m["num_examples"], "shards": len(m["shards"]), **rss()}))
+""",
+    "stream": """
+t0 = time.perf_counter()
+ds = tg.GroupedDataset(sys.argv[2])
+g = n = 0
+for grp in ds:
+    g += 1
+    for ex in grp:
+        n += 1
+print(json.dumps({"seconds": time.perf_counter() - t0, "groups": g, "examples": n, **rss()}))
+""",
+    "random": """
+ds = tg.GroupedDataset(sys.argv[2])
+ids = ds.group_ids()
+t0 = time.perf_counter()
+ds[ids[0]].examples()
+first = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+lat = []
+for i in rng.choice(len(ids), size=1000, replace=False):
+    t = time.perf_counter()
+    ds[ids[i]].examples()
+    lat.append((time.perf_counter() - t) * 1000)
+print(json.dumps({"first_s": first, "p50_ms": float(np.percentile(lat, 50)),
+                  "p99_ms": float(np.percentile(lat, 99)), **rss()}))
+""",
+    "resume": """
+out = {}
+for frac in (0.1, 0.9):
+    probe = tg.GroupedDataset(sys.argv[2], shuffle=True, seed=0)
+    state = {**probe.state_dict(), "delivered": int(frac * len(probe))}
+    ds = tg.GroupedDataset(sys.argv[2], shuffle=True, seed=0)
+    ds._columns()  # opening (index read, id list) is common to any start; time what resuming adds
+    t0 = time.perf_counter()
+    ds.load_state_dict(state)
+    g = next(iter(ds))
+    out[f"first_group_s_at_{int(frac * 100)}pct"] = time.perf_counter() - t0
+print(json.dumps({**out, **rss()}))
+""",
+}
+
+FLWR = textwrap.dedent("""
+    import json, resource, sys, time
+    import numpy as np
+    from urllib.parse import urlparse
+    import datasets
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+    datasets.disable_progress_bars()
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=sys.argv[1], split="train", cache_dir=sys.argv[2])
+    ds = ds.map(lambda b: {"domain": [urlparse(u).netloc for u in b["url"]]}, batched=True)
+    part = NaturalIdPartitioner(partition_by="domain")
+    part.dataset = ds
+    n = part.num_partitions
+    t1 = time.perf_counter()
+    lat = []
+    for pid in np.random.default_rng(0).choice(n, size=100, replace=False):
+        t = time.perf_counter()
+        p = part.load_partition(int(pid))
+        _ = p["text"]
+        lat.append((time.perf_counter() - t) * 1000)
+    print(json.dumps({"build_s": t1 - t0, "partitions": n, "p50_ms": float(np.percentile(lat, 50)),
+                      "p99_ms": float(np.percentile(lat, 99)),
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def step(name, corpus, out, workers, env):
+    r = subprocess.run([sys.executable, "-c", PRELUDE + STEPS[name], corpus, out, str(workers)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"step {name} failed:\n{r.stderr[-3000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"{name}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})}",
+          flush=True)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default="/tmp/c4s_3m.jsonl")
+    ap.add_argument("--make", default="3000000,2000000", help="N_EXAMPLES,N_DOMAINS if the corpus is missing")
+    ap.add_argument("--out", default="/tmp/tg_scale")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--flwr", action="store_true")
+    ap.add_argument("--flwr-python", default="/tmp/flvenv/bin/python")
+    ap.add_argument("--flwr-timeout", type=int, default=900)
+    a = ap.parse_args()
+    if not os.path.exists(a.corpus):
+        n, d = a.make.split(",")
+        subprocess.run([sys.executable, os.path.join(BENCH, "make_corpus.py"), a.corpus, n, d], check=True)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = {name: step(name, a.corpus, a.out, a.workers, env) for name in STEPS}
+    p, s, r, z = res["partition"], res["stream"], res["random"], res["resume"]
+    print(f"\n{p['examples']:,} examples, {p['groups']:,} groups, {p['shards']} shards, {a.workers} workers")
+    checks = [
+        ("partition s", p["seconds"], 120),
+        ("partition peak RSS MB (largest process)", max(p["rss_main_mb"], p["rss_workers_mb"]), 1024),
+        ("stream s", s["seconds"], 60),
+        ("stream peak RSS MB", s["rss_main_mb"], 1024),
+        ("random access p50 ms", r["p50_ms"], 2),
+    ]
+    for label, value, target in checks:
+        print(f"{label:<42} {value:>9.2f}  target <= {target}  {'met' if value <= target else 'MISSED'}")
+    print(f"{'random access p99 ms':<42} {r['p99_ms']:>9.2f}  (first call, loading the id map: {r['first_s']:.2f} s)")
+    a10, a90 = z["first_group_s_at_10pct"], z["first_group_s_at_90pct"]
+    print(f"{'first group after load_state_dict at 10% / 90% s':<42} {a10:>9.3f} / {a90:.3f}  ratio {a90 / a10:.2f}")
+    if a.flwr:
+        cache = a.out + "_hfcache"
+        try:
+            r = subprocess.run([a.flwr_python, "-c", FLWR, a.corpus, cache], capture_output=True, text=True,
+                               timeout=a.flwr_timeout)
+            if r.returncode == 0:
+                f = json.loads(r.stdout.strip().splitlines()[-1])
+                print(f"flwr-datasets NaturalIdPartitioner: build {f['build_s']:.1f} s, {f['partitions']:,} "
+                      f"partitions, load_partition p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
+                      f"peak RSS {f['rss_mb']:.0f} MB")
+            else:
+                print(f"flwr-datasets could not build the partitions: {r.stderr.strip().splitlines()[-1][:300]}")
+        except subprocess.TimeoutExpired:
+            print(f"flwr-datasets did not finish building the partitions within {a.flwr_timeout} s")
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
