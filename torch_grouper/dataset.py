@@ -106,18 +106,33 @@ def _read_index(fs, root) -> pa.Table:
 
 
 class _Reader:
-    """Ranged reads from shards, with a small cache of open shard handles."""
+    """Ranged reads from shards, with a small cache of open shard handles.
 
-    def __init__(self, fs, root: str, url: str):
-        self.fs, self.root, self.url = fs, root, url
+    The filesystem object is made in each process that reads (async
+    filesystems such as s3fs are not fork-safe): after a fork, for instance in
+    a DataLoader worker, the first read makes a fresh one."""
+
+    def __init__(self, fs, root: str, url: str, storage_options: dict | None = None):
+        self._fs, self.root, self.url = fs, root, url
+        self.storage_options = storage_options or {}
+        self._pid = os.getpid()
         self._open: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
 
-    def __getstate__(self):  # handles and the lock stay in this process
-        return {"fs": self.fs, "root": self.root, "url": self.url}
+    @property
+    def fs(self):
+        if self._pid != os.getpid() or self._fs is None:
+            self._fs = fsspec.core.url_to_fs(self.url, **self.storage_options)[0]
+            self._pid = os.getpid()
+            self._open = OrderedDict()
+            self._lock = threading.Lock()
+        return self._fs
+
+    def __getstate__(self):  # handles, the lock and the filesystem stay in this process
+        return {"root": self.root, "url": self.url, "storage_options": self.storage_options}
 
     def __setstate__(self, st):
-        self.__init__(st["fs"], st["root"], st["url"])
+        self.__init__(None, st["root"], st["url"], st["storage_options"])
 
     def _file(self, shard: str):
         f = self._open.get(shard)
@@ -306,8 +321,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
                  rank: int | None = None, world_size: int | None = None):
         super().__init__()
-        self.fs, self.root, self.url, self.manifest = _open_dataset(path, storage_options)
-        self._reader = _Reader(self.fs, self.root, self.url)
+        fs, self.root, self.url, self.manifest = _open_dataset(path, storage_options)
+        self._reader = _Reader(fs, self.root, self.url, storage_options)
         self._index = None
         self._cols = None
         self._by_id = None
@@ -327,6 +342,11 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return int(self.manifest["num_examples"])
 
     @property
+    def fs(self):
+        """The fsspec filesystem (made anew in each process)."""
+        return self._reader.fs
+
+    @property
     def features(self):
         """The HF ``datasets.Features`` of the source, when it had them."""
         f = self.manifest.get("features")
@@ -340,7 +360,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def index(self) -> pa.Table:
         """The group index (one row per group), read once."""
         if self._index is None:
-            self._index = _read_index(self.fs, self.root)
+            self._index = _read_index(self._reader.fs, self.root)
         return self._index
 
     def group_ids(self) -> list:
