@@ -2,7 +2,7 @@
 import hashlib
 import json
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 
 import datasets
 import numpy as np

@@ -13,6 +13,7 @@ from . import partitioners, transforms
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
 from .tario import TarFormatError
+from .verify import verify
 
 __all__ = [
     "Cohorts",
@@ -29,4 +30,5 @@ __all__ = [
     "partition_vertical",
     "partitioners",
     "transforms",
+    "verify",
 ]

@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     s.add_argument("path")
     s.add_argument("--plot", help="write a PNG of the group-size distribution")
     s.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="check a dataset's files against its manifest")
+    v.add_argument("path")
     args = p.parse_args(argv)
 
     import torch_grouper as tg
@@ -34,6 +36,12 @@ def main(argv=None) -> int:
                          overwrite=args.overwrite)
         print(f"{m['num_examples']:,} examples, {m['num_groups']:,} groups, {len(m['shards'])} shards "
               f"-> {args.output} ({m['elapsed_s']:.2f} s)")
+    elif args.cmd == "verify":
+        problems = tg.verify(args.path)
+        for line in problems:
+            print(line)
+        print(f"{args.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
     else:
         st = summary(tg.GroupedDataset(args.path))
         print(json.dumps(st, indent=1) if args.json else format_summary(st))

@@ -103,7 +103,7 @@ def partition(
     shards = [s for _, sh in results for s in sh]
     index = index_table([rows for rows, _ in results], kind)
     index_info = write_index(fs, root, index)
-    num_bytes = sum(sum(rows["num_bytes"]) for rows, _ in results)
+    num_bytes = int(sum(int(rows["num_bytes"].sum()) for rows, _ in results))
     manifest = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,

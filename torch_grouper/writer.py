@@ -140,16 +140,19 @@ class ShardWriter:
                 g[k] = g.get(k, 0) + v
 
     def close(self) -> tuple[dict, list[dict]]:
-        """Finish; returns (index rows as columns of Python lists, shard infos).
+        """Finish; returns (index rows in compact columns, shard infos).
 
-        No Arrow here: pyarrow imports pandas on its first conversion (~0.2 s),
+        Columns travel as numpy arrays and joined bytes (see ``_compact``), so
+        a million groups cost the main process a few buffers, not a million
+        Python objects.  No Arrow here: pyarrow imports pandas on its first
+        conversion (~0.2 s),
         which would be paid again in every worker process."""
         if self._open_group:
             self._end_group()
             self._open_group = False
         if self.file is not None:
             self._close_shard()
-        return self.rows, self.shards
+        return _compact(self.rows, self.gid_kind), self.shards
 
     def abort(self):
         if self.file is not None:
@@ -161,43 +164,66 @@ class ShardWriter:
 
 
 # ------------------------------------------------------------------ commit
-def _binary_array(values: list, typ) -> pa.Array:
-    """A string/binary Array from encoded values (large_* past 2 GiB)."""
-    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-    total = int(lengths.sum())
-    small = total < 2**31
-    offsets = np.zeros(len(values) + 1, dtype=np.int32 if small else np.int64)
+def _compact(rows: dict, gid_kind: str) -> dict:
+    """Index rows as numpy arrays and joined bytes (picklable, compact)."""
+    ids = rows["group_id"]
+    if gid_kind == "int":
+        gid = np.asarray(ids, dtype=np.int64)
+    else:
+        enc = [g.encode("utf-8") for g in ids] if gid_kind == "str" else ids
+        gid = (np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), b"".join(enc))
+    names: dict = {}
+    codes = np.fromiter((names.setdefault(x, len(names)) for x in rows["shard"]), dtype=np.int32,
+                        count=len(rows["shard"]))
+    out = {"group_id": gid, "shard": (list(names), codes)}
+    for c in fmt.INDEX_COLUMNS[2:]:
+        out[c] = np.asarray(rows[c], dtype=np.int64)
+    if "label_counts" in rows:
+        out["label_counts"] = rows["label_counts"]
+    return out
+
+
+def _buffers_array(lengths: np.ndarray, data: bytes, typ) -> pa.Array:
+    small = int(lengths.sum()) < 2**31
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32 if small else np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if not small:
         typ = pa.large_string() if typ == pa.string() else pa.large_binary()
-    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+    return pa.Array.from_buffers(typ, len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _int64_array(values: list) -> pa.Array:
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(np.asarray(values, dtype=np.int64))])
-
-
-def index_table(row_columns: list, gid_kind: str) -> pa.Table:
-    """The index Table from the writers' row columns, in dataset order.
+def index_table(parts: list, gid_kind: str) -> pa.Table:
+    """The index Table from the writers' compact columns, in dataset order.
 
     Built from buffers: ``pa.array``/``pa.table`` on Python lists import
     pandas (~0.2 s of CPU) the first time in each process."""
     schema = fmt.index_schema(gid_kind)
-    cols = {c: [v for rc in row_columns for v in rc[c]] for c in schema.names}
-    ids = cols["group_id"]
     if gid_kind == "int":
-        gid = _int64_array(ids)
-    elif gid_kind == "str":
-        gid = _binary_array([g.encode("utf-8") for g in ids], pa.string())
+        gid = pa.Array.from_buffers(pa.int64(), sum(len(p["group_id"]) for p in parts),
+                                    [None, pa.py_buffer(np.concatenate([p["group_id"] for p in parts] or
+                                                                       [np.zeros(0, np.int64)]))])
     else:
-        gid = _binary_array(ids, pa.binary())
-    arrays = [gid, _binary_array([x.encode() for x in cols["shard"]], pa.string())]
-    arrays += [_int64_array(cols[c]) for c in schema.names[2:]]
+        gid = _buffers_array(np.concatenate([p["group_id"][0] for p in parts] or [np.zeros(0, np.int64)]),
+                             b"".join(p["group_id"][1] for p in parts),
+                             pa.string() if gid_kind == "str" else pa.binary())
+    shard_names = [n.encode() for p in parts for n in p["shard"][0]]
+    shard_lengths = np.concatenate([np.asarray([len(n) for n in p["shard"][0]], dtype=np.int64)[p["shard"][1]]
+                                    for p in parts] or [np.zeros(0, np.int64)])
+    base, codes = 0, []
+    for p in parts:
+        codes.append(p["shard"][1].astype(np.int64) + base)
+        base += len(p["shard"][0])
+    codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    shard = _buffers_array(shard_lengths, b"".join(shard_names[c] for c in codes), pa.string())
+    arrays = [gid, shard]
+    for c in schema.names[2:]:
+        col = np.concatenate([p[c] for p in parts] or [np.zeros(0, np.int64)])
+        arrays.append(pa.Array.from_buffers(pa.int64(), len(col), [None, pa.py_buffer(col)]))
     table = pa.Table.from_arrays(arrays, names=schema.names)
-    if row_columns and "label_counts" in row_columns[0]:
+    if parts and "label_counts" in parts[0]:
         from .stats import label_columns
 
-        counts = [c for rc in row_columns for c in rc["label_counts"]]
+        counts = [c for p in parts for c in p["label_counts"]]
         for name, arr in label_columns(counts).items():
             table = table.append_column(name, arr)
     return table
