@@ -17,6 +17,7 @@ import torch.utils.data
 
 from . import format as fmt
 from .codec import decode_field
+from .retry import retry
 from .tario import BLOCK, TarFormatError, _parse_size, iter_members
 
 _loads = json.loads
@@ -76,7 +77,7 @@ def _open_dataset(path, storage_options):
     root = root.rstrip("/") or "/"
     mpath = posixpath.join(root, fmt.MANIFEST)
     try:
-        raw = fs.cat_file(mpath)
+        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
     except FileNotFoundError:
         if not fs.exists(root):
             raise FileNotFoundError(f"{url} does not exist") from None
@@ -101,8 +102,9 @@ def load_index(path, storage_options: dict | None = None) -> pa.Table:
 
 def _read_index(fs, root) -> pa.Table:
     # ParquetFile.read, not read_table: read_table starts pyarrow.dataset (~0.25 s)
-    with fs.open(posixpath.join(root, fmt.INDEX), "rb") as f:
-        return pq.ParquetFile(f).read()
+    path = posixpath.join(root, fmt.INDEX)
+    raw = retry(fs.cat_file, path, what=f"read {path}")
+    return pq.ParquetFile(pa.BufferReader(raw)).read()
 
 
 class _Reader:
@@ -158,18 +160,33 @@ class _Reader:
         or with ``ranged`` as one stateless ranged request (random access,
         safe from any thread)."""
         if ranged:
-            data = self.fs.cat_file(posixpath.join(self.root, shard), start=offset, end=offset + length)
+            path = posixpath.join(self.root, shard)
+            data = retry(self.fs.cat_file, path, start=offset, end=offset + length,
+                         what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
         else:
-            with self._lock:
-                f = self._file(shard)
-                f.seek(offset)
-                data = f.read(length)
+            data = retry(self._read_handle, shard, offset, length,
+                         what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
         if len(data) != length:
             raise TarFormatError(
                 f"{self.where(shard)}: byte offset {offset + len(data)}: shard ends early "
                 f"(truncated shard)"
             )
         return data
+
+    def _read_handle(self, shard: str, offset: int, length: int) -> bytes:
+        with self._lock:
+            try:
+                f = self._file(shard)
+                f.seek(offset)
+                return f.read(length)
+            except BaseException:
+                bad = self._open.pop(shard, None)  # a failed handle is not reused
+                if bad is not None:
+                    try:
+                        bad.close()
+                    except Exception:
+                        pass
+                raise
 
     def examples(self, shard: str, offset: int, length: int, ranged: bool = False) -> Iterator[dict]:
         where = self.where(shard)

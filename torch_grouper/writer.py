@@ -15,13 +15,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
+import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import format as fmt
+from .retry import retry
 from .tario import END_OF_ARCHIVE
 
 FLUSH_BYTES = 8 << 20
@@ -30,7 +33,8 @@ FLUSH_BYTES = 8 << 20
 class ShardWriter:
     """Writes the groups of one reduce task into ``shard-TASK-KKK.tar`` files."""
 
-    def __init__(self, fs, root: str, task: int, shard_size: int, gid_kind: str, label_stats: bool = False):
+    def __init__(self, fs, root: str, task: int, shard_size: int, gid_kind: str, label_stats: bool = False,
+                 tmp_dir: str | None = None):
         self.fs = fs
         self.root = root
         self.task = task
@@ -40,6 +44,8 @@ class ShardWriter:
         self.file = None
         self.shards: list[dict] = []
         self.rows = {c: [] for c in fmt.INDEX_COLUMNS}
+        self.tmp_dir = tmp_dir
+        self.staged = None
         self.label_stats = label_stats
         if label_stats:
             self.rows["label_counts"] = []
@@ -51,7 +57,13 @@ class ShardWriter:
     def _open_shard(self):
         self.part += 1
         self.name = fmt.shard_name(self.task, self.part)
-        self.file = self.fs.open(posixpath.join(self.root, self.name), "wb")
+        target = posixpath.join(self.root, self.name)
+        if is_local(self.fs):
+            self.file = retry(self.fs.open, target, "wb", what=f"open {target} for writing")
+            self.staged = None
+        else:  # remote: stage in bounded local temp space, upload the finished shard
+            fd, self.staged = tempfile.mkstemp(suffix=".tar", dir=self.tmp_dir)
+            self.file = os.fdopen(fd, "wb")
         self.sha = hashlib.sha256()
         self.buf = bytearray()
         self.pos = 0  # bytes written to the shard so far (incl. buf)
@@ -69,6 +81,11 @@ class ShardWriter:
         self.pos += len(END_OF_ARCHIVE)
         self._flush()
         self.file.close()
+        if self.staged is not None:
+            target = posixpath.join(self.root, self.name)
+            retry(self.fs.put_file, self.staged, target, what=f"upload {target}")
+            os.remove(self.staged)
+            self.staged = None
         self.shards.append(
             {
                 "path": self.name,
@@ -161,6 +178,11 @@ class ShardWriter:
             except Exception:
                 pass
             self.file = None
+        if getattr(self, "staged", None):
+            try:
+                os.remove(self.staged)
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------ commit
@@ -233,16 +255,33 @@ def write_index(fs, root: str, table: pa.Table) -> dict:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd", row_group_size=1 << 20)
     raw = sink.getvalue()
-    with fs.open(posixpath.join(root, fmt.INDEX), "wb") as f:
-        f.write(raw)
+    path = posixpath.join(root, fmt.INDEX)
+    retry(fs.pipe_file, path, raw, what=f"write {path}")
     return {"path": fmt.INDEX, "num_rows": table.num_rows, "num_bytes": len(raw),
             "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def write_manifest(fs, root: str, manifest: dict) -> None:
-    """The commit point: after this the directory is a complete dataset."""
-    with fs.open(posixpath.join(root, fmt.MANIFEST), "wb") as f:
-        f.write(fmt.dump_manifest(manifest))
+    """The commit point: after this the directory is a complete dataset.
+
+    Atomic: on a local disk through a temporary file and a rename; on object
+    stores a single PUT, which appears whole or not at all."""
+    path = posixpath.join(root, fmt.MANIFEST)
+    raw = fmt.dump_manifest(manifest)
+    if is_local(fs):
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        retry(fs.pipe_file, path, raw, what=f"write {path}")
+
+
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
 
 def json_safe(obj):

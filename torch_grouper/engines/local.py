@@ -280,14 +280,14 @@ def _piece_key(p):
 
 
 def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_size: int,
-                gid_kind: str, budget: int, label_stats: bool = False):
+                gid_kind: str, budget: int, label_stats: bool = False, tmp_dir: str | None = None):
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(root_url, **(storage_options or {}))
     bufsize = max(64 << 10, min(1 << 20, budget // max(1, 2 * len(ranges))))
     streams = [_read_pieces(p, a, b, bufsize) for p, a, b in ranges if b > a]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_piece_key)
-    w = ShardWriter(fs, root, task, shard_size, gid_kind, label_stats)
+    w = ShardWriter(fs, root, task, shard_size, gid_kind, label_stats, tmp_dir)
     try:
         for h, canon, n, nwords, nbytes, labels, blob_len, f in merged:
             w.add_piece(h, canon, n, nwords, nbytes, blob_len, f, labels)
@@ -342,6 +342,28 @@ def _bounded(pool, fn, items, limit):
             yield pending.pop(0).get()
     for p in pending:
         yield p.get()
+
+
+def clean_stale_spills(tmp_dir: str | None) -> None:
+    """Remove spill directories left by partitions that were killed (their
+    process is gone); live ones are left alone."""
+    root = tmp_dir or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "torch_grouper" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 # ------------------------------------------------------------ first pass
@@ -431,7 +453,8 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
     from tqdm.auto import tqdm
 
     budget = max(1 << 20, memory_budget // max(1, num_workers))
-    tmpdir = tempfile.mkdtemp(prefix="torch_grouper-", dir=tmp_dir)
+    clean_stale_spills(tmp_dir)
+    tmpdir = tempfile.mkdtemp(prefix=f"torch_grouper-{os.getpid()}-", dir=tmp_dir)
     pool = None
     try:
         items = source.slices if source.stream is None else source.chunks()
@@ -472,7 +495,7 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
         if before_write is not None:
             before_write()
         args = [(t, task_inputs(runs, lo, hi), root_url, storage_options, shard_size, kind, budget,
-                 stats_column is not None) for t, (lo, hi) in enumerate(tasks)]
+                 stats_column is not None, tmpdir) for t, (lo, hi) in enumerate(tasks)]
         results = []
         with tqdm(total=len(args), desc="partition: write", unit="task", disable=not progress,
                   leave=False) as bar:
