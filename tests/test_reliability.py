@@ -138,3 +138,17 @@ def test_sigkill_at_random_points_never_leaves_a_complete_looking_dataset(tmp_pa
         subprocess.run([sys.executable, "-c", SCRIPT, str(src), str(out), str(spill)], env=env, check=True)
     assert digest(out) == digest(ref)  # the rerun completes, byte for byte
     assert os.listdir(spill) == []  # spill space of killed runs was cleaned
+
+
+def test_memory_filesystem_end_to_end_and_hostile_group_ids():
+    ids = ["a/b", "..", "../../etc", "x.y.z", "名前", "Case", "case", "é" * 5000, " ", "tab\there"]
+    exs = [{"g": ids[i % len(ids)], "i": i} for i in range(300)]
+    tg.partition(exs, "g", "memory://tg/hostile", num_workers=1, progress=False)
+    ds = tg.GroupedDataset("memory://tg/hostile")
+    got = {g.id: [e["i"] for e in g] for g in ds}
+    assert set(got) == set(ids)
+    for gid in ids:
+        assert got[gid] == [e["i"] for e in exs if e["g"] == gid]
+        assert [e["i"] for e in ds[gid]] == got[gid]
+    names = fsspec.filesystem("memory").ls("/tg/hostile", detail=False)
+    assert all(os.path.basename(n).startswith(("shard-", "index.", "manifest.")) for n in names)

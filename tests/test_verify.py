@@ -51,3 +51,72 @@ def test_index_and_manifest_damage(dataset):
     assert any("index.parquet" in x for x in tg.verify(d))
     os.remove(d / "manifest.json")
     assert "no manifest.json" in tg.verify(d)[0]
+
+
+def test_reading_damaged_shards_names_shard_and_offset(dataset):
+    d, shards = dataset
+    index = tg.load_index(d).to_pylist()
+    victim = next(r for r in index if r["shard"] == shards[1])
+    p = d / shards[1]
+    raw = bytearray(p.read_bytes())
+    raw[victim["offset"] + 512] = ord("!")  # the first example's JSON no longer starts with {
+    p.write_bytes(bytes(raw))
+    ds = tg.GroupedDataset(d)
+    with pytest.raises(tg.TarFormatError, match=rf"{shards[1]}: group at byte offset {victim['offset']}: "
+                                                r"member '.*\.json' does not decode"):
+        list(ds[victim["group_id"]])
+    with pytest.raises(tg.TarFormatError, match=shards[1]):
+        for g in ds:
+            list(g)
+    skipping = tg.GroupedDataset(d, on_error="skip")
+    with pytest.warns(UserWarning, match=rf"skipping damaged group '{victim['group_id']}'"):
+        got = [g.id for g in skipping]
+    assert len(got) == len(index) - 1 and [s[0] for s in skipping.skipped] == [victim["group_id"]]
+    # truncation: the shard ends early
+    q = d / shards[2]
+    q.write_bytes(q.read_bytes()[:2000])
+    last = [r for r in index if r["shard"] == shards[2]][-1]
+    with pytest.raises(tg.TarFormatError, match=rf"{shards[2]}: byte offset \d+: shard ends early"):
+        list(tg.GroupedDataset(d)[last["group_id"]])
+
+
+def test_pickle_and_object_arrays_never_load(tmp_path):
+    import io
+    import tarfile
+
+    import numpy as np
+
+    tg.partition([{"g": "a", "v": 1}], "g", tmp_path / "d", progress=False)
+    shard = next((tmp_path / "d").glob("*.tar"))
+    members = []
+    with tarfile.open(shard) as t:
+        for m in t.getmembers():
+            members.append((m.name, t.extractfile(m).read()))
+    key = members[0][0].split(".")[0]
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    for name, data, message in [(f"{key}.evil.pickle", b"\x80\x04K\x01.", "never unpickles"),
+                                (f"{key}.arr.npy", obj.getvalue(), "allow_pickle=False")]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            for n, d in members + [(name, data)]:
+                info = tarfile.TarInfo(n)
+                info.size = len(d)
+                t.addfile(info, io.BytesIO(d))
+        from torch_grouper.dataset import _assemble
+        from torch_grouper.tario import iter_members
+
+        with pytest.raises(tg.TarFormatError, match=message):
+            list(_assemble(iter_members(buf.getvalue(), "x.tar"), "x.tar", 0))
+
+
+def test_unknown_format_version_refused(dataset):
+    d, _ = dataset
+    m = json.load(open(d / "manifest.json"))
+    m["format_version"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="dataset format version 99 is not supported"):
+        tg.GroupedDataset(d)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        tg.GroupedDataset(d)

@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff")
+PICKLE_EXTS = ("pickle", "pkl", "pyd", "pth", "pt")
 
 
 class EncodeError(ValueError):
@@ -193,7 +194,9 @@ def decode_field(suffix: str, data):
         name, ext = ext, "bin"
     name = unquote(name)
     if ext == "npy":
-        return name, np.load(io.BytesIO(data), allow_pickle=False)
+        return name, np.load(io.BytesIO(data), allow_pickle=False)  # object arrays raise ValueError
+    if ext in PICKLE_EXTS:
+        raise ValueError(f"member type .{ext} is a pickle; torch_grouper never unpickles shard data")
     return name, bytes(data)
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import posixpath
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Iterator
 
@@ -192,7 +193,7 @@ class _Reader:
         where = self.where(shard)
         if length <= WHOLE_READ:
             return iter(_decode_group(self.read(shard, offset, length, ranged), where, offset))
-        return _assemble(self._stream_members(shard, offset, length, where))
+        return _assemble(self._stream_members(shard, offset, length, where), where, offset)
 
     def _stream_members(self, shard, offset, length, where):
         """Members of a group too large to read at once, one at a time."""
@@ -253,16 +254,21 @@ def _decode_group(buf: bytes, where: str, base: int) -> list:
             return out
     except (ValueError, IndexError, StopIteration):
         pass
-    out.extend(_assemble(iter_members(buf[pos:], where, base + pos)))
+    out.extend(_assemble(iter_members(buf[pos:], where, base + pos), where, base))
     return out
 
 
-def _assemble(members) -> Iterator[dict]:
-    """Group consecutive members with one sample key into example dicts."""
+def _assemble(members, where: str = "", base: int = 0) -> Iterator[dict]:
+    """Group consecutive members with one sample key into example dicts.
+
+    A member that does not decode raises TarFormatError naming the shard,
+    the group's byte offset and the member."""
     cur = None
     ex = None
     for name, data in members:
         dot = name.find(".")
+        if dot <= 0:
+            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} has no KEY.EXT name")
         key = name[:dot]
         suffix = name[dot + 1 :]
         if key != cur:
@@ -270,14 +276,20 @@ def _assemble(members) -> Iterator[dict]:
                 yield ex
             cur = key
             ex = None
-        if suffix == "json":
-            obj = _loads(data if type(data) is bytes else bytes(data))
-            ex = obj if ex is None else {**obj, **ex}
-        else:
-            if ex is None:
-                ex = {}
-            k, v = decode_field(suffix, data)
-            ex[k] = v
+        try:
+            if suffix == "json":
+                obj = _loads(data if type(data) is bytes else bytes(data))
+                if type(obj) is not dict:
+                    raise ValueError(f"JSON member holds a {type(obj).__name__}, not an object")
+                ex = obj if ex is None else {**obj, **ex}
+            else:
+                if ex is None:
+                    ex = {}
+                k, v = decode_field(suffix, data)
+                ex[k] = v
+        except (ValueError, UnicodeDecodeError, EOFError) as e:
+            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} does not decode "
+                                 f"(corrupt data?): {e}") from None
     if ex is not None:
         yield ex
 
@@ -333,11 +345,19 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         storage_options: passed to fsspec.
         rank, world_size: this process's share for distributed reading
             (default: from ``torch.distributed`` when it is initialized).
+        on_error: a damaged group (corrupt or truncated shard) raises an error
+            naming the shard and byte offset ("raise"), or is skipped with a
+            warning and recorded in ``skipped`` ("skip"; groups are then read
+            whole before they are yielded).
     """
 
     def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, on_error: str = "raise"):
         super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.skipped: list = []  # (group id, error) of damaged groups skipped in this process
         fs, self.root, self.url, self.manifest = _open_dataset(path, storage_options)
         self._reader = _Reader(fs, self.root, self.url, storage_options)
         self._index = None
@@ -519,13 +539,20 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         if len(self) == 0:
             return
         rows = self._my_rows(reader, readers, self.epoch_order())
+        skip = self.on_error == "skip"
         for k in range(start, len(rows)):
             g = self._group(int(rows[k]))
-            if in_worker and not self._transforms:
-                g.examples()
-            out = self._apply(g)
             self._delivered = k + 1
-            yield out
+            if skip:
+                try:
+                    g.examples()
+                except (TarFormatError, OSError) as e:
+                    warnings.warn(f"skipping damaged group {g.id!r}: {e}", stacklevel=2)
+                    self.skipped.append((g.id, str(e)))
+                    continue
+            elif in_worker and not self._transforms:
+                g.examples()
+            yield self._apply(g)
         self._delivered = 0  # a finished epoch resumes from its start
 
     # ------------------------------------------------------------- flat view
