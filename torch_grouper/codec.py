@@ -198,7 +198,3 @@ def decode_field(suffix: str, data):
     if ext in PICKLE_EXTS:
         raise ValueError(f"member type .{ext} is a pickle; torch_grouper never unpickles shard data")
     return name, bytes(data)
-
-
-def decode_json(data) -> dict:
-    return json.loads(bytes(data) if not isinstance(data, bytes) else data)

@@ -32,8 +32,6 @@ OWNED_RE = re.compile(r"^(shard-\d{5}-\d{3}\.tar|index\.parquet|manifest\.json)$
 NUM_BUCKETS = 1024
 BUCKET_SHIFT = 64 - 10
 
-GROUP_ID_TYPES = ("str", "int", "bytes")
-
 
 def shard_name(task: int, part: int) -> str:
     return f"shard-{task:05d}-{part:03d}.tar"

@@ -309,7 +309,7 @@ class DirichletPartitioner(_ByLabel):
                 if self._self_balancing:
                     props = np.where(sizes > avg, 0.0, props)
                     total = props.sum()
-                    props = props / total if total > 0 else rng_free_uniform(parts)
+                    props = props / total if total > 0 else np.full(parts, 1.0 / parts)
                 cuts = (np.cumsum(props) * nk).astype(int)[:-1]
                 bounds = np.concatenate(([0], np.maximum.accumulate(np.minimum(cuts, nk)), [nk]))
                 sizes += np.diff(bounds)
@@ -322,10 +322,6 @@ class DirichletPartitioner(_ByLabel):
             f"DirichletPartitioner: after 11 draws from Dir(alpha) some partition still had fewer than "
             f"min_partition_size={self._min_partition_size} examples (smallest: {int(sizes.min())}); "
             f"raise alpha, or lower min_partition_size or num_partitions")
-
-
-def rng_free_uniform(k: int) -> np.ndarray:
-    return np.full(k, 1.0 / k)
 
 
 class PathologicalPartitioner(_ByLabel):
