@@ -154,3 +154,27 @@ def test_jsonl_lines_longer_than_read_blocks(tmp_path):
     (tmp_path / "long.jsonl").write_text("".join(json.dumps(e) + "\n" for e in exs))
     tg.partition(tmp_path / "long.jsonl", "g", tmp_path / "o", num_workers=1, progress=False)
     check(tmp_path / "o", exs, lambda e: e["g"])
+
+
+@pytest.mark.parametrize("window", [700, 2500, 9000, None])
+def test_large_group_windows_cut_at_example_boundaries(tmp_path, monkeypatch, window):
+    """Groups read window by window: windows that end inside an example, inside
+    a pax long-name record, or hold less than one example (None: one read)."""
+    from torch_grouper import dataset
+
+    if window is not None:
+        monkeypatch.setattr(dataset, "WHOLE_READ", 1000)
+        monkeypatch.setattr(dataset, "WINDOW", window)
+    long_field = "a_field_name_long_enough_to_need_a_pax_header_" * 3
+    exs = []
+    for i in range(120):
+        ex = {"g": "big" if i % 4 else "other", "i": i, "t": "x" * (i * 37 % 900)}
+        if i % 3 == 0:
+            ex["raw"] = bytes([i % 251]) * (i % 700)
+        if i % 5 == 0:
+            ex[long_field] = np.arange(i % 9, dtype=np.int32)
+        exs.append(ex)
+    tg.partition(exs, "g", tmp_path / "o", num_workers=1, progress=False)
+    check(tmp_path / "o", exs, lambda e: e["g"])
+    ds = tg.GroupedDataset(tmp_path / "o")
+    assert all(same(a, b) for a, b in zip(ds["big"], [e for e in exs if e["g"] == "big"]))

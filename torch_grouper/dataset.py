@@ -19,10 +19,11 @@ import torch.utils.data
 from . import format as fmt
 from .codec import decode_field
 from .retry import retry
-from .tario import BLOCK, TarFormatError, _parse_size, iter_members
+from .tario import BLOCK, TarFormatError, _parse_size, _pax_path, iter_members
 
 _loads = json.loads
 WHOLE_READ = 16 << 20  # groups up to this size are read with one ranged read
+WINDOW = 8 << 20  # larger groups are read in windows of this size
 OPEN_SHARDS = 8
 
 
@@ -193,23 +194,64 @@ class _Reader:
         where = self.where(shard)
         if length <= WHOLE_READ:
             return iter(_decode_group(self.read(shard, offset, length, ranged), where, offset))
-        return _assemble(self._stream_members(shard, offset, length, where), where, offset)
+        return self._stream_examples(shard, offset, length, where, ranged)
 
-    def _stream_members(self, shard, offset, length, where):
-        """Members of a group too large to read at once, one at a time."""
+    def _stream_examples(self, shard, offset, length, where, ranged):
+        """Examples of a group too large to read at once: window by window
+        (``WINDOW`` bytes, cut at example boundaries), so memory stays bounded
+        and each window takes the same fast path as a small group."""
         end = offset + length
         pos = offset
+        window = WINDOW
         while pos < end:
-            head = self.read(shard, pos, BLOCK)
-            size = _parse_size(head[124:136], where, pos)
+            chunk = self.read(shard, pos, min(window, end - pos), ranged)
+            cut = len(chunk) if pos + len(chunk) == end else _whole_examples(chunk, where, pos)
+            if cut == 0:  # one example larger than the window: widen it
+                window *= 2
+                continue
+            yield from _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos)
+            pos += cut
+            window = WINDOW
+
+
+def _whole_examples(chunk: bytes, where: str, base: int) -> int:
+    """Length of a prefix of ``chunk`` holding only whole examples (every
+    member of each sample key), from the tar headers alone.  Conservative:
+    the last example seen is left out, as the next window may continue it."""
+    pos = 0
+    n = len(chunk)
+    example_start = 0
+    prev_key = None
+    while pos + BLOCK <= n:
+        unit = pos  # a member, with the pax / long-name records before it
+        name = None
+        h = chunk[pos : pos + BLOCK]
+        if not any(h):
+            return pos
+        while h[156:157] in (b"x", b"L", b"g"):
+            size = _parse_size(h[124:136], where, base + pos)
             total = BLOCK + size + (-size) % BLOCK
-            if head[156:157] in (b"0", b"\0"):
-                yield from iter_members(self.read(shard, pos, min(total, end - pos)), where, pos)
-            else:  # a pax / long-name record: hand it over with its member
-                size2 = _parse_size(self.read(shard, pos + total, BLOCK)[124:136], where, pos + total)
-                total += BLOCK + size2 + (-size2) % BLOCK
-                yield from iter_members(self.read(shard, pos, total), where, pos)
+            if pos + total + BLOCK > n:
+                return example_start
+            data = chunk[pos + BLOCK : pos + BLOCK + size]
+            if h[156:157] == b"x":
+                path = _pax_path(data, where, base + pos)
+                name = path.encode("utf-8", "surrogateescape") if path else name
+            elif h[156:157] == b"L":
+                name = data.split(b"\0", 1)[0]
             pos += total
+            h = chunk[pos : pos + BLOCK]
+        if name is None:
+            name = h[0:100].split(b"\0", 1)[0]
+        key = name.split(b".", 1)[0]
+        if key != prev_key:
+            example_start, prev_key = unit, key
+        size = _parse_size(h[124:136], where, base + pos)
+        total = BLOCK + size + (-size) % BLOCK
+        if pos + total > n:
+            return example_start
+        pos += total
+    return example_start
 
 
 _scan_json = json.JSONDecoder().scan_once
@@ -241,6 +283,8 @@ def _decode_group(buf: bytes, where: str, base: int) -> list:
             if data_end > end:
                 break
             if nxt < end and buf[nxt]:  # another member of this example follows?
+                if buf[nxt + 156] not in (48, 0):
+                    break  # a pax / long-name record: its member's key is not in this header
                 key = buf[pos : name_end - 4]  # "KEY."
                 if buf[nxt : nxt + len(key)] == key:
                     break
