@@ -446,9 +446,10 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
 
     ``before_write`` is called after every example has been read, keyed and
     encoded (so bad input fails before the output is touched) and before the
-    first shard is written.  Returns ``(num_examples, gid_kind, results)``
-    where ``results`` holds one ``(index table, shard infos)`` per task, in
-    dataset order.
+    first shard is written.  Returns ``(num_examples, gid_kind, results,
+    num_dropped)`` where ``results`` holds one ``(index rows, shard infos)``
+    per write task, in dataset order, and ``num_dropped`` counts examples a
+    partitioner left out.
     """
     from tqdm.auto import tqdm
 
@@ -457,14 +458,15 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
     tmpdir = tempfile.mkdtemp(prefix=f"torch_grouper-{os.getpid()}-", dir=tmp_dir)
     pool = None
     try:
-        items = source.slices if source.stream is None else source.chunks()
+        offsets = None
         if isinstance(keyfn, Partitioner):
             if num_workers > 1 and source.stream is None:
                 with _pool(num_workers, (replace(source, stream=None), keyfn, tmpdir, budget)) as p:
                     offsets = first_pass(source, keyfn, p, progress)
             else:
                 offsets = first_pass(source, keyfn, None, progress)
-            items = source.slices if source.stream is None else source.chunks()
+        items = source.slices if source.stream is None else source.chunks()
+        if offsets is not None:
             items = zip(items, offsets)
         if num_workers > 1:
             # workers fork from here, so they hold the fitted partitioner;
