@@ -59,6 +59,7 @@ class Source:
         kind = s[0]
         if kind == "chunk":
             _, start, payload = s
+            # our own hand-off from the main process (see chunks), never data from a shard
             for i, ex in enumerate(pickle.loads(payload)):
                 yield ex, None, start + i
         elif kind == "rows":
