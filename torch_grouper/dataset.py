@@ -19,7 +19,7 @@ import torch.utils.data
 from . import format as fmt
 from .codec import decode_field
 from .retry import retry
-from .tario import BLOCK, TarFormatError, _parse_size, _pax_path, iter_members
+from .tario import BLOCK, TarFormatError, iter_members, walk
 
 _loads = json.loads
 WHOLE_READ = 16 << 20  # groups up to this size are read with one ranged read
@@ -218,39 +218,12 @@ def _whole_examples(chunk: bytes, where: str, base: int) -> int:
     """Length of a prefix of ``chunk`` holding only whole examples (every
     member of each sample key), from the tar headers alone.  Conservative:
     the last example seen is left out, as the next window may continue it."""
-    pos = 0
-    n = len(chunk)
     example_start = 0
     prev_key = None
-    while pos + BLOCK <= n:
-        unit = pos  # a member, with the pax / long-name records before it
-        name = None
-        h = chunk[pos : pos + BLOCK]
-        if not any(h):
-            return pos
-        while h[156:157] in (b"x", b"L", b"g"):
-            size = _parse_size(h[124:136], where, base + pos)
-            total = BLOCK + size + (-size) % BLOCK
-            if pos + total + BLOCK > n:
-                return example_start
-            data = chunk[pos + BLOCK : pos + BLOCK + size]
-            if h[156:157] == b"x":
-                path = _pax_path(data, where, base + pos)
-                name = path.encode("utf-8", "surrogateescape") if path else name
-            elif h[156:157] == b"L":
-                name = data.split(b"\0", 1)[0]
-            pos += total
-            h = chunk[pos : pos + BLOCK]
-        if name is None:
-            name = h[0:100].split(b"\0", 1)[0]
-        key = name.split(b".", 1)[0]
+    for unit, name, _, _ in walk(chunk, where, base, partial=True):
+        key = name.split(".", 1)[0]
         if key != prev_key:
             example_start, prev_key = unit, key
-        size = _parse_size(h[124:136], where, base + pos)
-        total = BLOCK + size + (-size) % BLOCK
-        if pos + total > n:
-            return example_start
-        pos += total
     return example_start
 
 

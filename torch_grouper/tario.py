@@ -101,16 +101,20 @@ def check_name(name: str, where: str, offset: int) -> str:
     return name
 
 
-def iter_members(buf, where: str, base: int = 0):
-    """Yield ``(name, data)`` for each regular-file member of a tar byte buffer.
+def walk(buf, where: str, base: int = 0, partial: bool = False):
+    """Yield ``(unit start, name, data start, data end)`` for each regular-file
+    member of a tar byte buffer; a unit is the member with the pax / GNU
+    long-name records before it.
 
-    ``buf`` is bytes/bytearray/memoryview holding whole members; ``base`` is
-    the buffer's offset inside the shard, used only in error messages.
-    Stops at the end-of-archive marker or the end of the buffer.
+    ``base`` is the buffer's offset inside the shard, for error messages.
+    Stops at the end-of-archive marker or the end of the buffer.  A member
+    running past the end is an error (a truncated shard), unless ``partial``:
+    then the walk just stops before its unit (a read window ends there).
     """
     pos = 0
     end = len(buf)
     longname = None
+    unit = 0
     while pos + BLOCK <= end:
         h = buf[pos : pos + BLOCK]
         if h[257:262] != b"ustar":
@@ -121,6 +125,8 @@ def iter_members(buf, where: str, base: int = 0):
         start = pos + BLOCK
         stop = start + size
         if stop > end:
+            if partial:
+                return
             raise _bad(where, base + pos, f"member of {size} bytes runs past the end of the data (truncated shard)")
         flag = h[156:157]
         if flag == b"0" or flag == b"\0":
@@ -135,7 +141,8 @@ def iter_members(buf, where: str, base: int = 0):
                 name = name.decode("utf-8", "surrogateescape")
             if name[:1] == "/" or ".." in name:
                 check_name(name, where, base + pos)
-            yield name, buf[start:stop]
+            yield unit, name, start, stop
+            unit = stop + (-size) % BLOCK
         elif flag == b"x":
             longname = _pax_path(bytes(buf[start:stop]), where, base + pos) or longname
         elif flag == b"L":
@@ -145,6 +152,13 @@ def iter_members(buf, where: str, base: int = 0):
         else:
             raise _bad(where, base + pos, f"member type {flag!r} is not a regular file")
         pos = stop + (-size) % BLOCK
+
+
+def iter_members(buf, where: str, base: int = 0):
+    """Yield ``(name, data)`` for each regular-file member of a tar byte buffer
+    holding whole members (see ``walk``)."""
+    for _, name, start, stop in walk(buf, where, base):
+        yield name, buf[start:stop]
 
 
 def _pax_path(data: bytes, where: str, offset: int):
