@@ -54,11 +54,16 @@ _WS_TABLE = bytes((32 if chr(i).isspace() else 120) if i < 128 else 120 for i in
 
 
 def count_words(s: str) -> int:
-    """``len(s.split())``, without building the list for ASCII text."""
-    if s.isascii():
-        t = s.encode("ascii").translate(_WS_TABLE)
-        return t.count(b" x") + (t[:1] == b"x")
-    return len(s.split())
+    """``len(s.split())``, without building the list for long ASCII text."""
+    if len(s) < 64 or not s.isascii():
+        return len(s.split())
+    t = s.encode("ascii").translate(_WS_TABLE)
+    return t.count(b" x") + (t[:1] == b"x")
+
+
+def count_example_words(ex: dict) -> int:
+    """Words of an example: ``count_words`` over its top-level string fields."""
+    return sum(count_words(v) for v in ex.values() if type(v) is str)
 
 
 def _image_ext(data: bytes) -> str:
@@ -128,17 +133,10 @@ def encode(ex: dict, image_fields=(), raw_json: bytes | None = None):
         raise EncodeError(f"an example must be a dict, not {type(ex).__name__}")
     words = 0
     binary = None
-    table = _WS_TABLE
     for k, v in ex.items():
         t = type(v)
         if t is str:
-            if len(v) < 64:
-                words += len(v.split())
-            elif v.isascii():  # count_words, inlined: this loop is hot
-                w = v.encode("ascii").translate(table)
-                words += w.count(b" x") + (w[:1] == b"x")
-            else:
-                words += len(v.split())
+            words += count_words(v)
         elif t is bytes or t is bytearray or t is memoryview or t is np.ndarray or k in image_fields or (
             "PIL.Image" in sys.modules and isinstance(v, sys.modules["PIL.Image"].Image)
         ):

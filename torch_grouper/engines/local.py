@@ -37,7 +37,7 @@ from operator import itemgetter
 import multiprocess as mp
 
 from .. import format as fmt
-from ..codec import _WS_TABLE, EncodeError, encode
+from ..codec import EncodeError, count_example_words, encode
 from ..tario import _PADS, _header, member
 from ..partitioners import Partitioner
 from ..writer import ShardWriter
@@ -111,7 +111,7 @@ def map_slice(slice_no: int, task) -> MapResult:
     blake = fmt.group_hash
     canon_of = fmt.canonical_group_id
     sample_key = fmt.sample_key
-    header, pads, table = _header, _PADS, _WS_TABLE
+    header, pads = _header, _PADS
     fno = source.file_no(s)
     # (type, group id) -> (canonical bytes, hash, hex hash, type name), for all this worker's slices
     seen: dict = _W["seen"]
@@ -161,14 +161,7 @@ def map_slice(slice_no: int, task) -> MapResult:
         if raw is not None:
             # a parsed JSON line holds JSON values only: store the line as it is
             # (codec.encode does the same; inlined, as this loop is the hot path)
-            nwords = 0
-            for v in ex.values():
-                if type(v) is str:
-                    if len(v) < 64 or not v.isascii():
-                        nwords += len(v.split())
-                    else:
-                        w = v.encode("ascii").translate(table)
-                        nwords += w.count(b" x") + (w[:1] == b"x")
+            nwords = count_example_words(ex)
             nbytes = len(raw)
             name = f"{hexh}_{fno:05d}{loc:013d}.json".encode()
             tar = b"".join((header(name, nbytes), raw, pads[nbytes & 511]))
