@@ -149,11 +149,6 @@ class _Reader:
             self._open.move_to_end(shard)
         return f
 
-    def close(self):
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
-
     def where(self, shard: str) -> str:
         return posixpath.join(self.url, shard)
 
