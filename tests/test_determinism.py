@@ -4,12 +4,9 @@ import json
 import os
 
 import torch_grouper as tg
+from helpers import digest
 from conftest import mixed_examples
 
-
-def digest(path):
-    return {f: hashlib.sha256(open(os.path.join(path, f), "rb").read()).hexdigest()
-            for f in sorted(os.listdir(path))}
 
 
 def test_byte_identical_for_1_2_3_workers(tmp_path, monkeypatch):

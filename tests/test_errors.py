@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the thing; nothing half-written looks complete."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -56,19 +57,25 @@ def test_unserializable_value_names_field(tmp_path, value, field):
 
 def test_existing_dataset_needs_overwrite_and_survives_bad_input(tmp_path):
     out = tmp_path / "o"
-    tg.partition([{"g": "a", "v": 1}], "g", out, progress=False)
-    before = open(out / "manifest.json").read()
+    first = tg.partition([{"g": "a", "v": 1}], "g", out, progress=False)["snapshot"]
     with pytest.raises(FileExistsError, match="already holds a complete torch_grouper dataset; pass overwrite=True"):
         tg.partition([{"g": "b"}], "g", out, progress=False)
     # bad input with overwrite=True fails before anything is touched
     with pytest.raises(tg.PartitionError):
         tg.partition([{"g": "b"}, {"h": 1}], "g", out, overwrite=True, progress=False)
-    assert open(out / "manifest.json").read() == before
+    assert [s["snapshot"] for s in tg.list_snapshots(out)] == [first]
+    assert os.listdir(out / "snapshots") == [first]
     assert [g.id for g in tg.GroupedDataset(out)] == ["a"]
-    tg.partition([{"g": "b"}, {"g": "c"}], "g", out, overwrite=True, progress=False)
+    second = tg.partition([{"g": "b"}, {"g": "c"}], "g", out, overwrite=True, progress=False)["snapshot"]
     assert sorted(g.id for g in tg.GroupedDataset(out)) == ["b", "c"]
-    assert sorted(os.listdir(out)) == sorted(["index.parquet", "manifest.json"] +
-                                             [s["path"] for s in json.load(open(out / "manifest.json"))["shards"]])
+    assert sorted(os.listdir(out)) == ["_leases", "_log", "manifest.json", "snapshots"]
+    assert sorted(os.listdir(out / "snapshots")) == sorted([first, second])  # the previous one is kept
+    assert os.listdir(out / "_leases") == []
+    folder = tg.GroupedDataset(out).root
+    m = tg.GroupedDataset(out).manifest
+    assert sorted(os.listdir(folder)) == sorted(["index.parquet", "manifest.json"] + [s["path"] for s in m["shards"]])
+    assert tg.vacuum(out, keep=1) == [first]
+    assert os.listdir(out / "snapshots") == [second]
 
 
 def test_foreign_directory_is_refused(tmp_path):
@@ -85,7 +92,8 @@ def test_not_a_dataset_and_incomplete_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"is not a torch_grouper dataset \(no manifest.json\)"):
         tg.GroupedDataset(tmp_path / "empty")
     tg.partition([{"g": "a"}], "g", tmp_path / "half", progress=False)
-    os.remove(tmp_path / "half" / "manifest.json")  # as if killed before the commit point
+    shutil.rmtree(tmp_path / "half" / "_log")  # as if killed before the commit point
+    os.remove(tmp_path / "half" / "manifest.json")
     with pytest.raises(ValueError, match="holds an incomplete torch_grouper dataset"):
         tg.GroupedDataset(tmp_path / "half")
     with pytest.raises(ValueError, match="incomplete"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import torch_grouper as tg
+from helpers import digest
 from torch_grouper import partitioners as P
 
 N = 3000
@@ -36,9 +37,6 @@ def assert_exactly_once(groups, n, dropped=0):
     for ids in groups.values():
         assert ids == sorted(ids)  # input order inside each group
 
-
-def digest(path):
-    return {f: hashlib.sha256(open(os.path.join(path, f), "rb").read()).hexdigest() for f in sorted(os.listdir(path))}
 
 
 def test_iid_matches_datasets_shard(tmp_path):

@@ -25,7 +25,7 @@ def check(path, examples, key):
         assert n == len(exs) == len(back), gid
         for a, b in zip(exs, back):
             assert same(a, b), (gid, a, b)
-    m = json.load(open(f"{path}/manifest.json"))
+    m = tg.GroupedDataset(path).manifest
     assert m["num_groups"] == len(expected)
     assert m["num_examples"] == len(examples)
 

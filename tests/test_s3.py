@@ -41,7 +41,8 @@ def test_partition_to_s3_and_stream_back(s3, tmp_path):
                      progress=False)
     assert len(m["shards"]) > 2
     fs = s3fs.S3FileSystem(**s3)
-    assert fs.exists("bucket/fed/manifest.json")
+    ds = tg.GroupedDataset("s3://bucket/fed", storage_options=s3)
+    assert fs.exists(f"bucket/fed/snapshots/{m['snapshot']}/manifest.json") and ds.snapshot == m["snapshot"]
     ds = tg.GroupedDataset("s3://bucket/fed", storage_options=s3, shuffle=True, seed=1)
     seen = Counter()
     for g in DataLoader(ds, batch_size=None, num_workers=2):
@@ -53,8 +54,9 @@ def test_partition_to_s3_and_stream_back(s3, tmp_path):
     assert len({g.id for g in cohort}) == 4 and all(len(g) > 0 for g in cohort)
     # a local copy of the same partition is byte-identical
     tg.partition(exs, "g", tmp_path / "local", num_workers=1, shard_size=20_000, progress=False)
+    local = tg.GroupedDataset(tmp_path / "local").root
     for s in m["shards"]:
-        assert fs.cat_file(f"bucket/fed/{s['path']}") == (tmp_path / "local" / s["path"]).read_bytes()
+        assert fs.cat_file(f"bucket/fed/snapshots/{m['snapshot']}/{s['path']}") == open(f"{local}/{s['path']}", "rb").read()
 
 
 def test_s3_sources_and_existing_output(s3):

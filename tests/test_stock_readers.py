@@ -1,5 +1,4 @@
 """Shards are plain tar files that stock readers open."""
-import glob
 import json
 import tarfile
 
@@ -13,7 +12,7 @@ from conftest import mixed_examples
 def _dataset(tmp_path):
     exs = mixed_examples(200)
     tg.partition(exs, "gid", tmp_path / "out", num_workers=2, progress=False, shard_size=30_000)
-    return exs, sorted(glob.glob(str(tmp_path / "out" / "*.tar")))
+    return exs, tg.shard_urls(tmp_path / "out")
 
 
 def test_tarfile_reads_every_member(tmp_path):
@@ -38,7 +37,7 @@ def test_index_offsets_point_at_group_members(tmp_path):
     exs, shards = _dataset(tmp_path)
     index = tg.load_index(tmp_path / "out")
     for row in index.to_pylist():
-        with open(tmp_path / "out" / row["shard"], "rb") as f:
+        with open(f"{tg.GroupedDataset(tmp_path / 'out').root}/{row['shard']}", "rb") as f:
             f.seek(row["offset"])
             chunk = f.read(row["length"])
         with tarfile.open(fileobj=__import__("io").BytesIO(chunk + b"\0" * 1024)) as t:
@@ -60,7 +59,7 @@ def test_webdataset_reads_every_sample(tmp_path):
 def test_hf_datasets_loads_webdataset(tmp_path):
     exs = [{"g": f"u{i % 5}", "text": f"t {i}", "i": i} for i in range(120)]
     tg.partition(exs, "g", tmp_path / "out", progress=False)
-    shards = sorted(glob.glob(str(tmp_path / "out" / "*.tar")))
+    shards = tg.shard_urls(tmp_path / "out")
     hf = datasets.load_dataset("webdataset", data_files={"train": shards}, split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert hf.num_rows == len(exs)

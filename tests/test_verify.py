@@ -1,6 +1,8 @@
 """verify() finds each kind of damage and names the file."""
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +14,15 @@ from torch_grouper.cli import main
 def dataset(tmp_path):
     exs = [{"g": f"u{i % 9}", "i": i, "t": "w" * (i % 50)} for i in range(1500)]
     tg.partition(exs, "g", tmp_path / "d", shard_size=10_000, progress=False)
-    shards = [s["path"] for s in json.load(open(tmp_path / "d" / "manifest.json"))["shards"]]
+    ds = tg.GroupedDataset(tmp_path / "d")
+    shards = [s["path"] for s in ds.manifest["shards"]]
     assert len(shards) >= 3 and tg.verify(tmp_path / "d") == []
-    return tmp_path / "d", shards
+    return tmp_path / "d", shards, Path(ds.root)  # the dataset, its shards, its snapshot folder
 
 
 def test_flipped_byte(dataset):
-    d, shards = dataset
-    p = d / shards[1]
+    d, shards, f = dataset
+    p = f / shards[1]
     raw = bytearray(p.read_bytes())
     raw[700] ^= 0x01
     p.write_bytes(bytes(raw))
@@ -28,11 +31,11 @@ def test_flipped_byte(dataset):
 
 
 def test_truncated_missing_foreign(dataset, capsys):
-    d, shards = dataset
-    p = d / shards[0]
+    d, shards, f = dataset
+    p = f / shards[0]
     p.write_bytes(p.read_bytes()[:1000])
-    os.remove(d / shards[2])
-    (d / "stray.txt").write_text("?")
+    os.remove(f / shards[2])
+    (f / "stray.txt").write_text("?")
     problems = tg.verify(d)
     assert any(shards[0] in x and "truncated" in x for x in problems)
     assert any(shards[2] in x and x.endswith("missing") for x in problems)
@@ -43,21 +46,21 @@ def test_truncated_missing_foreign(dataset, capsys):
 
 
 def test_index_and_manifest_damage(dataset):
-    d, _ = dataset
-    idx = d / "index.parquet"
+    d, _, f = dataset
+    idx = f / "index.parquet"
     raw = bytearray(idx.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     idx.write_bytes(bytes(raw))
     assert any("index.parquet" in x for x in tg.verify(d))
-    os.remove(d / "manifest.json")
-    assert "no manifest.json" in tg.verify(d)[0]
+    os.remove(f / "manifest.json")
+    assert re.match(rf"{d}: snapshot {f.name} is not available .*its files are missing", tg.verify(d)[0])
 
 
 def test_reading_damaged_shards_names_shard_and_offset(dataset):
-    d, shards = dataset
+    d, shards, f = dataset
     index = tg.load_index(d).to_pylist()
     victim = next(r for r in index if r["shard"] == shards[1])
-    p = d / shards[1]
+    p = f / shards[1]
     raw = bytearray(p.read_bytes())
     raw[victim["offset"] + 512] = ord("!")  # the first example's JSON no longer starts with {
     p.write_bytes(bytes(raw))
@@ -73,7 +76,7 @@ def test_reading_damaged_shards_names_shard_and_offset(dataset):
         got = [g.id for g in skipping]
     assert len(got) == len(index) - 1 and [s[0] for s in skipping.skipped] == [victim["group_id"]]
     # truncation: the shard ends early
-    q = d / shards[2]
+    q = f / shards[2]
     q.write_bytes(q.read_bytes()[:2000])
     last = [r for r in index if r["shard"] == shards[2]][-1]
     with pytest.raises(tg.TarFormatError, match=rf"{shards[2]}: byte offset \d+: shard ends early"):
@@ -87,7 +90,7 @@ def test_pickle_and_object_arrays_never_load(tmp_path):
     import numpy as np
 
     tg.partition([{"g": "a", "v": 1}], "g", tmp_path / "d", progress=False)
-    shard = next((tmp_path / "d").glob("*.tar"))
+    shard = tg.shard_urls(tmp_path / "d")[0]
     members = []
     with tarfile.open(shard) as t:
         for m in t.getmembers():
@@ -111,12 +114,12 @@ def test_pickle_and_object_arrays_never_load(tmp_path):
 
 
 def test_unknown_format_version_refused(dataset):
-    d, _ = dataset
-    m = json.load(open(d / "manifest.json"))
+    d, _, f = dataset
+    m = json.load(open(f / "manifest.json"))
     m["format_version"] = 99
-    (d / "manifest.json").write_text(json.dumps(m))
+    (f / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="dataset format version 99 is not supported"):
         tg.GroupedDataset(d)
-    (d / "manifest.json").write_text("{not json")
+    (f / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
         tg.GroupedDataset(d)

@@ -3,12 +3,14 @@
 Partition any dataset into per-group WebDataset tar shards on any fsspec
 filesystem, and stream the groups back as PyTorch IterableDatasets.
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .codec import EncodeError
-from .dataset import Cohorts, Group, GroupedDataset, load_index
+from .dataset import Cohorts, Group, GroupedDataset, load_index, shard_urls
 from .engines.local import PartitionError
-from .pipeline import partition, partition_vertical
+from .pipeline import partition, partition_together, partition_vertical
+from .retry import RetryError
+from .snapshots import ConcurrentCommitError, SnapshotNotFoundError, list_snapshots, vacuum
 from . import partitioners, transforms
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
@@ -18,17 +20,24 @@ from .verify import verify
 __all__ = [
     "Cohorts",
     "ColumnKey",
+    "ConcurrentCommitError",
     "EncodeError",
     "Group",
     "GroupedDataset",
     "PartitionError",
+    "RetryError",
+    "SnapshotNotFoundError",
     "SourceError",
     "TarFormatError",
     "UrlDomainKey",
+    "list_snapshots",
     "load_index",
     "partition",
+    "partition_together",
     "partition_vertical",
     "partitioners",
+    "shard_urls",
     "transforms",
+    "vacuum",
     "verify",
 ]

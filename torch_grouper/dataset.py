@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch.utils.data
 
 from . import format as fmt
+from . import snapshots
 from .codec import decode_field
 from .retry import retry
 from .tario import BLOCK, TarFormatError, iter_members, walk
@@ -73,33 +74,40 @@ def _rebuild_group(gid, examples, num_bytes, num_words):
 
 
 # ------------------------------------------------------------------ opening
-def _open_dataset(path, storage_options):
+def _open_dataset(path, storage_options, snapshot=None):
+    """(fs, folder holding the files, its URL, manifest, snapshot id or None)."""
     url = os.fspath(path)
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     root = root.rstrip("/") or "/"
-    mpath = posixpath.join(root, fmt.MANIFEST)
-    try:
-        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
-    except FileNotFoundError:
-        if not fs.exists(root):
-            raise FileNotFoundError(f"{url} does not exist") from None
-        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.isdir(root) else []
-        if any(fmt.SHARD_RE.match(n) or n == fmt.INDEX for n in names):
-            raise ValueError(
-                f"{url} holds an incomplete torch_grouper dataset (no manifest.json): the partition "
-                f"that wrote it did not finish; run it again"
-            ) from None
-        raise ValueError(f"{url} is not a torch_grouper dataset (no manifest.json)") from None
-    return fs, root, url, fmt.parse_manifest(raw, url)
+    r = snapshots.resolve(fs, root, url, snapshot)
+    return fs, r.root, r.url, r.manifest, r.snapshot
 
 
-def load_index(path, storage_options: dict | None = None) -> pa.Table:
+def load_index(path, storage_options: dict | None = None, *, snapshot: str | None = None) -> pa.Table:
     """The group index of a dataset as a pyarrow Table (one row per group).
 
     Columns: group_id, shard, offset, length, num_examples, num_bytes, num_words.
     """
-    fs, root, url, _ = _open_dataset(path, storage_options)
+    fs, root, _, _, _ = _open_dataset(path, storage_options, snapshot)
     return _read_index(fs, root)
+
+
+def shard_urls(path, storage_options: dict | None = None, *, snapshot: str | None = None) -> list:
+    """URLs of the current (or the given) snapshot's shards, in dataset order,
+    for stock readers: ``webdataset.WebDataset(tg.shard_urls(p))``,
+    ``datasets.load_dataset("webdataset", data_files=tg.shard_urls(p))``."""
+    url = os.fspath(path)
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    r = snapshots.resolve(fs, root.rstrip("/") or "/", url, snapshot)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    base = r.root if protocol in ("file", "local") else fs.unstrip_protocol(r.root)
+    return [posixpath.join(base, _safe_shard(s["path"], r.url)) for s in r.manifest["shards"]]
+
+
+def _safe_shard(name, where: str) -> str:
+    if not isinstance(name, str) or not fmt.SHARD_RE.match(name):
+        raise ValueError(f"{where}: manifest lists a shard named {name!r}, which is not a shard name")
+    return name
 
 
 def _read_index(fs, root) -> pa.Table:
@@ -355,6 +363,11 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         path: dataset directory, a local path or fsspec URL.
         shuffle, seed: see Order.
         storage_options: passed to fsspec.
+        snapshot: read this snapshot (an id from ``tg.list_snapshots`` or a
+            partition's manifest) instead of the current one.  The snapshot
+            opened is pinned: ``ds.snapshot``, in pickles, ``state_dict``,
+            views and cohorts, so every process of a job reads the same data
+            while the dataset is rewritten.
         rank, world_size: this process's share for distributed reading
             (default: from ``torch.distributed`` when it is initialized).
         on_error: a damaged group (corrupt or truncated shard) raises an error
@@ -364,14 +377,19 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
-                 rank: int | None = None, world_size: int | None = None, on_error: str = "raise"):
+                 rank: int | None = None, world_size: int | None = None, on_error: str = "raise",
+                 snapshot: str | None = None):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
         self.skipped: list = []  # (group id, error) of damaged groups skipped in this process
-        fs, self.root, self.url, self.manifest = _open_dataset(path, storage_options)
-        self._reader = _Reader(fs, self.root, self.url, storage_options)
+        self.path = os.fspath(path)
+        # the snapshot is pinned here: pickles (DataLoader workers), views and
+        # cohorts read this folder, whatever is committed later
+        fs, self.root, folder_url, self.manifest, self.snapshot = _open_dataset(path, storage_options, snapshot)
+        self.url = self.path
+        self._reader = _Reader(fs, self.root, folder_url, storage_options)
         self._index = None
         self._cols = None
         self._by_id = None

@@ -1,4 +1,4 @@
-"""The on-disk layout of a torch_grouper dataset (format version 1).
+"""The on-disk layout of a torch_grouper dataset (format version 2; reads 1 and 2).
 
 This is the only module that knows file names, the manifest, the index schema
 and how sample keys are built; everything else asks it.  docs/FORMAT.md is the
@@ -6,9 +6,16 @@ human-readable contract.
 
 A dataset is a directory (local path or any fsspec URL) holding::
 
-    shard-TTTTT-KKK.tar   plain tar shards, one WebDataset sample per example
-    index.parquet         one row per group (see INDEX_SCHEMA)
-    manifest.json         written last: a directory without it is incomplete
+    manifest.json         a constant marker naming the format and version 2
+    _log/NNNN.json        the commit log; the newest entry names the current snapshot
+    _leases/ID.json       leases of snapshots being written
+    snapshots/ID/         one immutable snapshot:
+        shard-TTTTT-KKK.tar   plain tar shards, one WebDataset sample per example
+        index.parquet         one row per group (see INDEX_SCHEMA)
+        manifest.json         the snapshot's manifest (no timestamps, no snapshot id)
+
+``snapshots.py`` owns the commit protocol.  A version 1 dataset keeps the
+three snapshot files at its top level with the manifest written last.
 """
 from __future__ import annotations
 
@@ -20,12 +27,21 @@ from typing import Any
 import pyarrow as pa
 
 FORMAT_NAME = "torch_grouper"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
-SHARD_RE = re.compile(r"^shard-\d{5}-\d{3}\.tar$")
-#: Names a partition may leave behind in an incomplete dataset directory.
-OWNED_RE = re.compile(r"^(shard-\d{5}-\d{3}\.tar|index\.parquet|manifest\.json)$")
+SHARD_RE = re.compile(r"^shard-\d{5}-\d{3,}\.tar$")
+LOG_DIR = "_log"
+LEASES_DIR = "_leases"
+SNAPSHOTS_DIR = "snapshots"
+SNAPSHOT_LAYOUT = "snapshots"
+SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Names of the datasets of a write of several at once (vertical parties, splits).
+PART_RE = re.compile(r"^(?!\.)[A-Za-z0-9_.-]{1,100}$")
+_LOG_RE = re.compile(r"^(\d{20})\.json$")
+#: Top-level names of a version 2 dataset directory.
+OWNED_NAMES = frozenset({MANIFEST, LOG_DIR, LEASES_DIR, SNAPSHOTS_DIR})
 
 #: Number of hash buckets the map phase spills into.  Fixed (independent of
 #: the number of workers) so that output is identical for any worker count.
@@ -35,6 +51,29 @@ BUCKET_SHIFT = 64 - 10
 
 def shard_name(task: int, part: int) -> str:
     return f"shard-{task:05d}-{part:03d}.tar"
+
+
+def log_name(sequence: int) -> str:
+    return f"{sequence:020d}.json"
+
+
+def parse_log_name(name: str) -> int | None:
+    m = _LOG_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def root_marker() -> dict:
+    """The constant top-level manifest.json of a version 2 dataset.  It holds no
+    data: readers follow the commit log.  A release that reads only version 1
+    refuses it ("format version 2 is not supported")."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "layout": SNAPSHOT_LAYOUT,
+            "log": LOG_DIR, "snapshots": SNAPSHOTS_DIR}
+
+
+def library_version() -> str:
+    from ._version import __version__
+
+    return __version__
 
 
 # ----------------------------------------------------------------- group ids
@@ -127,9 +166,9 @@ def parse_manifest(raw: bytes, where: str) -> dict:
     if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
         raise ValueError(f"{where}: manifest.json is not a torch_grouper manifest")
     v = m.get("format_version")
-    if v != FORMAT_VERSION:
+    if v not in READABLE_VERSIONS:
         raise ValueError(
             f"{where}: dataset format version {v!r} is not supported by this "
-            f"torch_grouper (reads version {FORMAT_VERSION})"
+            f"torch_grouper (reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     return m

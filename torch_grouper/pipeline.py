@@ -4,13 +4,16 @@ from __future__ import annotations
 import os
 import posixpath
 import time
+import warnings
 
 import fsspec
 
-from . import __version__
 from . import format as fmt
+from . import snapshots
+from ._version import __version__
 from .engines import local
 from .partitioners import describe_key, key_function
+from .retry import retry
 from .sources import as_source
 from .stats import label_summary
 from .writer import index_table, json_safe, write_index, write_manifest
@@ -32,6 +35,9 @@ def partition(
     tmp_dir: str | None = None,
     progress: bool = True,
     label_column: str | None = None,
+    keep_snapshots: int = snapshots.DEFAULT_KEEP,
+    _stage: "snapshots.Staged | None" = None,
+    _part: str | None = None,
 ) -> dict:
     """Partition ``source`` into per-group WebDataset shards at ``output``.
 
@@ -49,7 +55,8 @@ def partition(
         shard_size: target bytes per shard.  Shards roll over at group
             boundaries; a group larger than this gets a shard of its own and
             is never split.
-        overwrite: replace a complete dataset already at ``output``.
+        overwrite: replace the dataset already at ``output`` (as a new
+            snapshot: readers that opened the old one keep reading it).
         storage_options: passed to fsspec for ``output`` and file sources.
         memory_budget: bytes of examples held in memory for sorting, over all
             workers; beyond it records spill to ``tmp_dir``.  Bounds memory
@@ -62,13 +69,22 @@ def partition(
             Label partitioners (Dirichlet, Pathological, Shard, ...) do this
             for their ``partition_by`` column unless told otherwise.
 
+        keep_snapshots: after the commit, remove all snapshots but this many
+            newest ones (the new one and, by default, the one it replaced);
+            see ``tg.vacuum``.
+
     Returns:
-        The dataset's manifest (a dict): counts, shards, schema, partition spec.
+        The snapshot's manifest (a dict): counts, shards, schema, partition
+        spec, plus ``snapshot`` (the new snapshot's id) and ``elapsed_s``.
 
     Every example is read, keyed and encoded before ``output`` is touched,
     so bad input (a missing key column, an unusable key, a value that cannot
-    be stored) raises ``PartitionError`` naming the example and leaves any
-    dataset already there intact.  ``manifest.json`` is written last.
+    be stored) raises ``PartitionError`` naming the example.  The output is
+    written as a new snapshot that becomes current in one atomic commit at
+    the end (docs/FORMAT.md, "Commits"): until then readers see the dataset
+    that was there, and a failure or crash at any point leaves it current
+    and complete.  Of two partitions committing to one output, one wins and
+    the other raises ``ConcurrentCommitError``.
     """
     t0 = time.perf_counter()
     if shard_size <= 0:
@@ -78,7 +94,14 @@ def partition(
     out_url = os.fspath(output)
     fs, root = fsspec.core.url_to_fs(out_url, **storage_options)
     root = root.rstrip("/") or "/"
-    _check_output(fs, root, out_url, overwrite)
+    own = _stage is None
+    if own:
+        if keep_snapshots < 1:
+            raise ValueError(f"keep_snapshots must be >= 1, got {keep_snapshots}")
+        base, old_v1 = _check_output(fs, root, out_url, overwrite)
+        stage = snapshots.Staged(fs, root, out_url, base)
+    else:
+        stage = _stage
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     if num_workers < 1:
@@ -90,19 +113,40 @@ def partition(
     if label_column is None and getattr(keyfn, "label_stats", False):
         label_column = keyfn.label_column
 
-    def before_write():
-        _clear_output(fs, root)
+    folder = stage.part_path(_part)
 
-    n, kind, results, dropped = local.run(
-        src, keyfn, out_url, num_workers=num_workers, shard_size=shard_size,
-        memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
-        progress=progress, before_write=before_write, stats_column=label_column,
-    )
-    if not results:  # an empty source still makes a (complete, empty) dataset
-        fs.makedirs(root, exist_ok=True)
+    def before_write():  # every example was read and encoded: stage the new snapshot
+        stage.start()
+        fs.makedirs(folder, exist_ok=True)
+
+    try:
+        n, kind, results, dropped = local.run(
+            src, keyfn, stage.part_url(_part), num_workers=num_workers, shard_size=shard_size,
+            memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
+            progress=progress, before_write=before_write, stats_column=label_column,
+        )
+        before_write()  # an empty source still makes a (complete, empty) dataset
+        manifest = _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size,
+                                         label_column)
+        if own:
+            stage.commit()
+    except BaseException:
+        if own:
+            stage.abort()
+        raise
+    if own:
+        _after_commit(fs, root, out_url, old_v1, keep_snapshots)
+    manifest["snapshot"] = stage.id
+    manifest["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    return manifest
+
+
+def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size, label_column) -> dict:
+    """The index, then the snapshot's manifest (no timestamps, no snapshot id:
+    the same input gives the same bytes)."""
     shards = [s for _, sh in results for s in sh]
     index = index_table([rows for rows, _ in results], kind)
-    index_info = write_index(fs, root, index)
+    index_info = write_index(fs, folder, index)
     num_bytes = int(sum(int(rows["num_bytes"].sum()) for rows, _ in results))
     manifest = {
         "format": fmt.FORMAT_NAME,
@@ -125,42 +169,75 @@ def partition(
         "label_stats": ({"column": label_column, **label_summary(index)} if label_column else None),
         "shards": shards,
     }
-    write_manifest(fs, root, manifest)
-    manifest["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    snapshots.checkpoint("index-written")
+    write_manifest(fs, folder, manifest)
+    snapshots.checkpoint("manifest-written")
     return manifest
 
 
-def _check_output(fs, root: str, url: str, overwrite: bool) -> None:
-    if fs.exists(posixpath.join(root, fmt.MANIFEST)):
-        if not overwrite:
-            raise FileExistsError(
-                f"{url} already holds a complete torch_grouper dataset; pass overwrite=True to replace it"
-            )
-        return
+def _check_output(fs, root: str, url: str, overwrite: bool):
+    """Refuse an output that holds a dataset (unless ``overwrite``) or other
+    files; returns (the current commit or None, a version 1 manifest or None).
+    Nothing is deleted here or anywhere else that is not the library's own."""
+    if fs.exists(root) and not fs.isdir(root):
+        raise FileExistsError(f"{url} exists and is not a directory")
+    base = snapshots.current(fs, root)
+    old_v1 = None
+    if base is None:
+        mpath = posixpath.join(root, fmt.MANIFEST)
+        try:
+            raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
+        except FileNotFoundError:
+            raw = None
+        if raw is not None:
+            m = fmt.parse_manifest(raw, url)
+            if m.get("layout") != fmt.SNAPSHOT_LAYOUT:
+                old_v1 = m
+    if (base is not None or old_v1 is not None) and not overwrite:
+        raise FileExistsError(
+            f"{url} already holds a complete torch_grouper dataset; pass overwrite=True to replace it"
+        )
     if fs.exists(root):
-        if not fs.isdir(root):
-            raise FileExistsError(f"{url} exists and is not a directory")
-        foreign = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
-        foreign = [p for p in foreign if not fmt.OWNED_RE.match(p)]
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        mine = set(fmt.OWNED_NAMES)
+        if old_v1 is not None:
+            mine |= {old_v1["index"]["path"]} | {sh["path"] for sh in old_v1["shards"]}
+        foreign = sorted(n for n in names if n not in mine)
         if foreign and not overwrite:
             raise FileExistsError(
-                f"{url} is not empty and holds no torch_grouper dataset (found {sorted(foreign)[:5]}); "
-                f"choose an empty or new directory, or pass overwrite=True"
+                f"{url} is not empty and holds no torch_grouper dataset (found {foreign[:5]}); "
+                f"choose an empty or new directory, or pass overwrite=True (files that are not "
+                f"torch_grouper's are never deleted)"
             )
+    return base, old_v1
 
 
-def _clear_output(fs, root: str) -> None:
-    """Remove a previous dataset (manifest first, so it stops being complete)."""
-    manifest = posixpath.join(root, fmt.MANIFEST)
-    if fs.exists(manifest):
-        fs.rm(manifest)
-    if fs.exists(root):
-        owned = [p for p in fs.ls(root, detail=False) if fmt.OWNED_RE.match(posixpath.basename(p.rstrip("/")))]
-        if owned:
-            fs.rm(owned)
-    else:
-        fs.makedirs(root, exist_ok=True)
-    fs.invalidate_cache(root)
+def _after_commit(fs, root: str, url: str, old_v1: dict | None, keep: int) -> None:
+    """After the commit: the top-level marker (replacing a version 1 manifest,
+    whose files are then removed), then the vacuum.  The new snapshot is
+    already current: a failure here only warns."""
+    try:
+        mpath = posixpath.join(root, fmt.MANIFEST)
+        marker = fmt.dump_manifest(fmt.root_marker())
+        try:
+            have = retry(fs.cat_file, mpath, what=f"read {mpath}")
+        except FileNotFoundError:
+            have = None
+        if have != marker:
+            snapshots.write_whole(fs, mpath, marker)
+        snapshots.checkpoint("marker-written")
+        if old_v1 is not None:  # only the files the version 1 manifest lists
+            names = [old_v1["index"]["path"]] + [sh["path"] for sh in old_v1["shards"]]
+            old = [posixpath.join(root, n) for n in names if fmt.SHARD_RE.match(n) or n == fmt.INDEX]
+            old = [p for p in old if fs.exists(p)]
+            if old:
+                fs.rm(old)
+        snapshots.vacuum_root(fs, root, url, keep=keep)
+    except Exception as e:  # noqa: BLE001 - committed already; say what was left
+        warnings.warn(f"{url}: the new snapshot is committed, but cleaning up after it failed "
+                      f"({type(e).__name__}: {e}); run torch_grouper.vacuum({url!r}) later", stacklevel=3)
+    finally:
+        fs.invalidate_cache(root)
 
 
 def partition_vertical(source, partitioner, output: str | os.PathLike, *, key: str | None = None,
@@ -190,8 +267,7 @@ def partition_vertical(source, partitioner, output: str | os.PathLike, *, key: s
     if key is not None and key not in first:
         raise ValueError(f"partition_vertical: no key column {key!r} (columns: {list(first)})")
     parties = partitioner.party_columns(list(first))
-    out = os.fspath(output).rstrip("/")
-    manifests = []
+    jobs = []
     for p, cols in enumerate(parties):
         keep = cols + [key] if key is not None and key not in cols else cols
 
@@ -201,8 +277,45 @@ def partition_vertical(source, partitioner, output: str | os.PathLike, *, key: s
                 row.update((c, ex[c]) for c in keep)
                 yield row
 
-        manifests.append(partition(rows(), key if key is not None else _Constant(p), f"{out}/party-{p}",
-                                   **kwargs))
+        jobs.append((f"party-{p}", rows(), key if key is not None else _Constant(p)))
+    return partition_together(jobs, output, **kwargs)
+
+
+def partition_together(jobs, output: str | os.PathLike, *, overwrite: bool = False,
+                       storage_options: dict | None = None, keep_snapshots: int = snapshots.DEFAULT_KEEP,
+                       **kwargs) -> list:
+    """Write several datasets as parts of one snapshot, committed together.
+
+    ``jobs`` is a list of ``(name, source, key)``; dataset ``name`` is read
+    at ``output/name`` (``GroupedDataset(f"{output}/{name}")``).  Either all
+    of them become current at once, or (on any error or crash) none does and
+    the previous ones stay.  Other arguments go to ``partition``.  Returns
+    the parts' manifests, in order."""
+    names = [j[0] for j in jobs]
+    for name in names:
+        if not isinstance(name, str) or not fmt.PART_RE.match(name) or name in fmt.OWNED_NAMES:
+            raise ValueError(f"dataset name {name!r} must be 1-100 letters, digits, '_', '-' or '.' "
+                             f"(not starting with '.', and not {sorted(fmt.OWNED_NAMES)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be distinct, got {names}")
+    if keep_snapshots < 1:
+        raise ValueError(f"keep_snapshots must be >= 1, got {keep_snapshots}")
+    out_url = os.fspath(output)
+    fs, root = fsspec.core.url_to_fs(out_url, **dict(storage_options or {}))
+    root = root.rstrip("/") or "/"
+    base, old_v1 = _check_output(fs, root, out_url, overwrite)
+    stage = snapshots.Staged(fs, root, out_url, base)
+    manifests = []
+    try:
+        for name, source, key in jobs:
+            manifests.append(partition(source, key, out_url, storage_options=storage_options, _stage=stage,
+                                       _part=name, **kwargs))
+        stage.start()
+        stage.commit(parts=names)
+    except BaseException:
+        stage.abort()
+        raise
+    _after_commit(fs, root, out_url, old_v1, keep_snapshots)
     return manifests
 
 

@@ -8,6 +8,8 @@ import posixpath
 import fsspec
 
 from . import format as fmt
+from . import snapshots
+from .retry import retry
 
 
 def _sha256(fs, path: str) -> tuple[str, int]:
@@ -22,36 +24,49 @@ def _sha256(fs, path: str) -> tuple[str, int]:
             n += len(chunk)
 
 
-def verify(path, storage_options: dict | None = None) -> list[str]:
-    """Check every file of the dataset at ``path``; returns the problems found
-    (an empty list when the dataset is intact).
+def verify(path, storage_options: dict | None = None, *, snapshot: str | None = None) -> list[str]:
+    """Check every file of the dataset at ``path`` (its current snapshot, or
+    ``snapshot``); returns the problems found (an empty list when intact).
 
     Finds a missing manifest, index or shard, a shard or index whose size or
     sha256 differs from the manifest (a flipped byte, a truncated file), and
-    files that are not part of the dataset.  Each problem names the file."""
+    files in the snapshot that are not part of the dataset.  Each problem
+    names the file."""
     url = os.fspath(path)
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     root = root.rstrip("/") or "/"
     problems: list[str] = []
     try:
-        manifest = fmt.parse_manifest(fs.cat_file(posixpath.join(root, fmt.MANIFEST)), url)
-    except FileNotFoundError:
-        return [f"{url}: no manifest.json (not a dataset, or a partition that did not finish)"]
+        r = snapshots.resolve(fs, root, url, snapshot)
+    except FileNotFoundError as e:
+        return [str(e) if isinstance(e, snapshots.SnapshotNotFoundError) else
+                f"{url}: no manifest.json (not a dataset, or a partition that did not finish)"]
     except ValueError as e:
         return [str(e)]
+    folder, furl, manifest = r.root, r.url, r.manifest
     expected = {fmt.MANIFEST: None, manifest["index"]["path"]: manifest["index"]}
     expected.update({s["path"]: s for s in manifest["shards"]})
-    present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
+    for name in expected:
+        if name != fmt.MANIFEST and not (name == fmt.INDEX or fmt.SHARD_RE.match(str(name))):
+            problems.append(f"{furl}: the manifest lists {name!r}, which is not a file name of the format")
+    if problems:
+        return problems
+    present = {posixpath.basename(p.rstrip("/")) for p in
+               retry(fs.ls, folder, detail=False, what=f"list {folder}")}
+    if r.snapshot is None:  # version 1: the dataset's files share the top level with nothing else
+        present -= fmt.OWNED_NAMES
     for name in sorted(present - set(expected)):
-        problems.append(f"{posixpath.join(url, name)}: foreign file, not part of the dataset")
+        if r.snapshot is not None and fs.isdir(posixpath.join(folder, name)):
+            continue  # another dataset of the same snapshot
+        problems.append(f"{posixpath.join(furl, name)}: foreign file, not part of the dataset")
     for name, info in expected.items():
         if info is None:
             continue
-        where = posixpath.join(url, name)
+        where = posixpath.join(furl, name)
         if name not in present:
             problems.append(f"{where}: missing")
             continue
-        digest, size = _sha256(fs, posixpath.join(root, name))
+        digest, size = retry(_sha256, fs, posixpath.join(folder, name), what=f"read {where}")
         if size != info["num_bytes"]:
             problems.append(f"{where}: {size} bytes, the manifest says {info['num_bytes']}"
                             f"{' (truncated)' if size < info['num_bytes'] else ''}")
