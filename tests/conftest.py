@@ -1,6 +1,7 @@
 import io
 import math
 import random
+import socket
 from collections import defaultdict
 
 import numpy as np
@@ -62,3 +63,29 @@ def png_bytes():
         return buf.getvalue()
 
     return make
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module):
+    """An S3 API on 127.0.0.1 (moto's server, started here); yields storage_options."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch_module.setenv(k, v)
+    opts = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "test", "secret": "test"}
+    s3fs.S3FileSystem(**opts).mkdir("bucket")
+    yield opts
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()

@@ -1,6 +1,5 @@
 """Real S3 API (moto's server on 127.0.0.1, started here): partition to it, stream
 from it with DataLoader workers, random access, cohorts."""
-import socket
 from collections import Counter
 
 import pytest
@@ -9,30 +8,7 @@ from torch.utils.data import DataLoader
 import torch_grouper as tg
 
 s3fs = pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch_module.setenv(k, v)
-    opts = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "test", "secret": "test"}
-    s3fs.S3FileSystem(**opts).mkdir("bucket")
-    yield opts
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+pytest.importorskip("moto.server")
 
 
 def test_partition_to_s3_and_stream_back(s3, tmp_path):

@@ -463,7 +463,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         """This reader's position: epoch and groups delivered in it."""
         reader, readers, _ = self._share()
         return {"epoch": self.epoch, "delivered": self._delivered, "reader": reader, "readers": readers,
-                "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self)}
+                "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self), "snapshot": self.snapshot}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration yields exactly the

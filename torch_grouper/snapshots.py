@@ -388,7 +388,8 @@ def resolve(fs, root: str, url: str, snapshot: str | None = None) -> Resolved:
 def _snapshot_files(fs, root, url, sid, part, entry, pinned=None) -> Resolved:
     if not fmt.SNAPSHOT_ID_RE.match(sid or ""):
         raise ValueError(f"{url}: {sid!r} is not a snapshot id")
-    if pinned and fs.exists(posixpath.join(root, fmt.LEASES_DIR, f"{sid}.json")):
+    lease_path = posixpath.join(root, fmt.LEASES_DIR, f"{sid}.json")
+    if pinned and fs.exists(lease_path) and _lease_alive(fs, lease_path, DEFAULT_LEASE, time.time()):
         raise SnapshotNotFoundError(f"{url}: snapshot {sid} is being written and is not committed")
     if part is None and pinned is None and entry is not None and entry.parts:
         raise ValueError(f"{url} holds several datasets written together ({', '.join(entry.parts)}): "
@@ -473,6 +474,16 @@ def vacuum_root(fs, root: str, url: str, *, keep: int = DEFAULT_KEEP, older_than
         # snapshot committed since the first read is never taken for an abandoned one
         committed_now = {e.snapshot for e in history(fs, root)}
         doomed = [sid for sid in doomed if sid in committed or sid not in committed_now]
+    if not dry_run:  # leases left by writers killed right after their commit
+        ldir = posixpath.join(root, fmt.LEASES_DIR)
+        try:
+            leases = [posixpath.basename(p.rstrip("/")) for p in fs.ls(ldir, detail=False)]
+        except FileNotFoundError:
+            leases = []
+        for name in leases:
+            sid = name[:-5] if name.endswith(".json") else ""
+            if sid in committed and not _lease_alive(fs, posixpath.join(ldir, name), lease, now):
+                fs.rm(posixpath.join(ldir, name))
     removed = []
     for sid in doomed:
         removed.append(sid)
