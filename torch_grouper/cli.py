@@ -1,4 +1,4 @@
-"""Command line: ``torch-grouper partition|stats|info`` (also ``python -m torch_grouper``)."""
+"""Command line: ``torch-grouper partition|stats|verify|snapshots|vacuum`` (also ``python -m torch_grouper``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,15 @@ def main(argv=None) -> int:
     s.add_argument("--json", action="store_true")
     v = sub.add_parser("verify", help="check a dataset's files against its manifest")
     v.add_argument("path")
+    v.add_argument("--snapshot", help="check this snapshot instead of the current one")
+    h = sub.add_parser("snapshots", help="list a dataset's commits (oldest first)")
+    h.add_argument("path")
+    c = sub.add_parser("vacuum", help="remove old snapshots and those of writers that are gone")
+    c.add_argument("path")
+    c.add_argument("--keep", type=int, default=2, help="newest committed snapshots to keep (default 2)")
+    c.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS",
+                   help="keep snapshots superseded less than this long ago (default 0)")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     args = p.parse_args(argv)
 
     import torch_grouper as tg
@@ -36,8 +45,21 @@ def main(argv=None) -> int:
                          overwrite=args.overwrite)
         print(f"{m['num_examples']:,} examples, {m['num_groups']:,} groups, {len(m['shards'])} shards "
               f"-> {args.output} ({m['elapsed_s']:.2f} s)")
+    elif args.cmd == "snapshots":
+        import time
+
+        for e in tg.list_snapshots(args.path):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["committed_at"]))
+            parts = f"  parts: {', '.join(e['parts'])}" if e["parts"] else ""
+            print(f"{e['sequence']:>6}  {e['snapshot']}  {when}  "
+                  f"{'available' if e['available'] else 'removed'}{parts}")
+    elif args.cmd == "vacuum":
+        removed = tg.vacuum(args.path, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run)
+        for sid in removed:
+            print(f"{'would remove' if args.dry_run else 'removed'} snapshot {sid}")
+        print(f"{args.path}: {len(removed)} snapshot(s) {'to remove' if args.dry_run else 'removed'}")
     elif args.cmd == "verify":
-        problems = tg.verify(args.path)
+        problems = tg.verify(args.path, snapshot=args.snapshot)
         for line in problems:
             print(line)
         print(f"{args.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
