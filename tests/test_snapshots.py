@@ -4,6 +4,7 @@ neither), concurrent writers give one winner, nothing foreign is deleted."""
 import errno
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -60,6 +61,8 @@ def test_rewrite_under_an_open_reader_keeps_its_snapshot(tmp_path):
     assert seen == old
     cohort = next(iter(ds.cohorts(8, seed=0)))
     assert all([(e["i"], e["v"]) for e in g] == old[g.id] for g in cohort)
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker or another host receives
+    assert copy.snapshot == pinned and {g.id: [(e["i"], e["v"]) for e in g] for g in copy} == old
     # a new reader sees the new snapshot; the old one stays readable by id
     assert content(out) == new
     assert content(out, snapshot=pinned) == old
