@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from torch.utils.data import DataLoader
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import torch_grouper as tg
 from conftest import groupby, same
@@ -235,6 +236,39 @@ def test_nested_dict_keys_must_be_strings(d20, tmp_path):
     ok = [{"g": "a", "s": "{2: 3}", "m": {"2": 3, "n": {"null": None}}, "l": [{"k": [1, {}]}]}]
     tg.partition(ok, "g", tmp_path / "ok", num_workers=1, progress=False)
     assert reads_as(tmp_path / "ok", ok, lambda e: e["g"])
+
+
+def _non_str_key(v) -> bool:
+    if isinstance(v, dict):
+        return any(not isinstance(k, str) or _non_str_key(x) for k, x in v.items())
+    return isinstance(v, (list, tuple)) and any(_non_str_key(x) for x in v)
+
+
+_scalars = st.none() | st.booleans() | st.integers(-10, 10) | st.text(max_size=3)
+_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=4) | st.tuples(c, c) | st.dictionaries(
+    st.text(max_size=2) | st.integers(-2, 2) | st.none() | st.booleans(), c, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=3), _values, max_size=4))
+def test_encode_refuses_exactly_the_non_str_keys(ex):
+    if _non_str_key(ex):
+        with pytest.raises(EncodeError, match=r"\(key .*\): dict keys must be strings"):
+            encode(ex)
+    else:
+        (suffix, text), = encode(ex)[0]
+        assert suffix == "json" and json.loads(text) == json.loads(json.dumps(ex))
+
+
+def test_non_str_keys_in_dict_subclasses_and_tuples():
+    from collections import OrderedDict
+
+    for ex, shown in (({"m": OrderedDict([("a", 1), (3, 2)])}, r"field 'm' \(key 3\)"),
+                      ({"m": (1, [{"k": {None: 1}}])}, r"field 'm\[1\]\[0\]\.k' \(key None\)"),
+                      ({"m": [np.float32(1), {b"b": 1}]}, r"field 'm\[1\]' \(key b'b'\)")):
+        with pytest.raises(EncodeError, match=shown):
+            encode(ex)
+    assert encode({"m": {np.str_("k"): [1.5] * 100}})[0] == [("json", b'{"m":{"k":[' + b",".join([b"1.5"] * 100) + b"]}}")]
 
 
 def test_json_lines_nested_objects_round_trip(tmp_path):

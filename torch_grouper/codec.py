@@ -83,10 +83,11 @@ def _image_ext(data: bytes) -> str:
 
 
 def _find_bad(value, path: str, keys_only: bool = False):
-    """Locate the first value JSON cannot hold; returns (path, value) or None.
-    With ``keys_only``: the first dict key that is not a str (which JSON would
-    silently turn into one), as (path of the dict, key).  Walks iteratively,
-    so deep nesting is found, not a RecursionError; a cycle is walked once."""
+    """Locate the first value JSON cannot hold, or the first dict key that is
+    not a str (which JSON would refuse or silently turn into one); returns
+    (path, value, is_key) or None (``keys_only``: look for keys only).  Walks
+    iteratively, so deep nesting is found, not a RecursionError; a cycle is
+    walked once."""
     stack = [(value, path)]
     seen = set()
     while stack:
@@ -99,7 +100,7 @@ def _find_bad(value, path: str, keys_only: bool = False):
             items = []
             for k, v in value.items():
                 if not isinstance(k, str):
-                    return (path, k) if keys_only else (f"{path} (key {k!r})", k)
+                    return (path, k, True)
                 items.append((v, f"{path}.{k}"))
             stack.extend(reversed(items))
         elif isinstance(value, (list, tuple)):
@@ -111,8 +112,34 @@ def _find_bad(value, path: str, keys_only: bool = False):
         elif keys_only or value is None or isinstance(value, (str, bool, int, float, np.generic)):
             continue
         else:
-            return (path, value)
+            return (path, value, False)
     return None
+
+
+def _key_message(path: str, key) -> str:
+    return (f"field {path.lstrip('.')!r} (key {key!r}): dict keys must be strings, not {type(key).__name__} "
+            f"(JSON cannot store the key as it is)")
+
+
+_CONTAINERS = (dict, list, tuple)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_STR = frozenset((str,))
+
+
+def _has_non_str_key(values) -> bool:
+    """Whether a dict inside ``values`` (at any depth) has a key that is not a
+    str.  Lists of plain scalars are passed over at C speed."""
+    stack = [values]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        if isinstance(v, dict):
+            if not _STR.issuperset(map(type, v)) and not all(isinstance(k, str) for k in v):
+                return True
+            v = v.values()
+        if not _SCALARS.issuperset(map(type, v)):
+            extend([x for x in v if isinstance(x, _CONTAINERS)])
+    return False
 
 
 def _depth_exceeds(value, limit: int) -> bool:
@@ -189,18 +216,18 @@ def encode(ex: dict, image_fields=(), raw_json: bytes | None = None):
             bad = _find_bad(jpart, "")
             if bad is None:
                 raise EncodeError(f"example cannot be stored as JSON: {e}") from None
-            path, val = bad
+            path, val, is_key = bad
+            if is_key:
+                raise EncodeError(_key_message(path, val)) from None
             raise EncodeError(
                 f"field {path.lstrip('.')!r}: value of type {type(val).__name__} cannot be stored "
                 f"(store str, int, float, bool, None, lists, dicts with str keys, bytes, "
                 f"numpy arrays or images)"
             ) from None
-        if text.find(b"{", 1) >= 0:  # a nested dict (or a "{" in a string): are its keys all str?
+        if text.find(b"{", 1) >= 0 and _has_non_str_key(jpart.values()):  # a nested dict (or a "{" in a str)
             bad = _find_bad(jpart, "", keys_only=True)
             if bad is not None:
-                raise EncodeError(
-                    f"field {bad[0].lstrip('.')!r} (key {bad[1]!r}): dict keys must be strings, not "
-                    f"{type(bad[1]).__name__} (JSON would turn the key into a string)")
+                raise EncodeError(_key_message(bad[0], bad[1]))
         members.append(("json", text))
         for k in binary or ():
             v = ex[k]
