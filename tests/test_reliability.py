@@ -85,16 +85,27 @@ def test_persistent_failure_fails_clearly(tmp_path, flaky):
     assert os.listdir(tmp_path / "p" / "snapshots") == []  # and the staged snapshot is gone
 
 
-def test_permanent_errors_are_not_retried(flaky):
-    calls = []
+def test_permanent_errors_are_not_retried(tmp_path, flaky, monkeypatch):
+    tg.partition([{"g": "a"}], "g", tmp_path / "o", progress=False)
+    flaky.fail_first = 0
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # a missing dataset: one read, no retries
+        tg.GroupedDataset(f"flaky://{tmp_path}/missing")
+    assert flaky.calls == 1
 
-    def missing():
-        calls.append(1)
-        raise FileNotFoundError("gone")
+    def denied(self, what):
+        FlakyFS.calls += 1
+        raise PermissionError(f"access denied ({what}, call {FlakyFS.calls})")
 
-    with pytest.raises(FileNotFoundError):
-        retry_mod.retry(missing, what="x")
-    assert len(calls) == 1
+    transient = flaky._maybe_fail
+    monkeypatch.setattr(flaky, "_maybe_fail", denied)
+    flaky.calls = 0
+    with pytest.raises(PermissionError, match=r"access denied \(cat_file, call 1\)"):
+        tg.GroupedDataset(f"flaky://{tmp_path}/o")
+    assert flaky.calls == 1
+    monkeypatch.setattr(flaky, "_maybe_fail", transient)
+    flaky.calls, flaky.fail_first = 0, 1  # the same read with a transient error is retried
+    assert len(tg.GroupedDataset(f"flaky://{tmp_path}/o")) == 1
+    assert flaky.calls == 2
 
 
 SCRIPT = textwrap.dedent("""

@@ -20,12 +20,14 @@ def check(path, examples, key):
     expected = groupby(examples, key)
     got = read_all(path)
     assert set(got) == set(expected)
+    ds = tg.GroupedDataset(path)
     for gid, exs in expected.items():
         n, back = got[gid]
         assert n == len(exs) == len(back), gid
         for a, b in zip(exs, back):
             assert same(a, b), (gid, a, b)
-    m = tg.GroupedDataset(path).manifest
+        assert same(list(ds[gid]), exs), gid  # random access: the same examples, none missing
+    m = ds.manifest
     assert m["num_groups"] == len(expected)
     assert m["num_examples"] == len(examples)
 
@@ -177,4 +179,6 @@ def test_large_group_windows_cut_at_example_boundaries(tmp_path, monkeypatch, wi
     tg.partition(exs, "g", tmp_path / "o", num_workers=1, progress=False)
     check(tmp_path / "o", exs, lambda e: e["g"])
     ds = tg.GroupedDataset(tmp_path / "o")
-    assert all(same(a, b) for a, b in zip(ds["big"], [e for e in exs if e["g"] == "big"]))
+    back = list(ds["big"])  # random access, window by window
+    expected = [e for e in exs if e["g"] == "big"]
+    assert len(back) == len(expected) == 90 and all(same(a, b) for a, b in zip(back, expected))

@@ -71,8 +71,7 @@ def test_stateful_dataloader_exact_resume(dsdir, workers, stop_after):
         if len(first) == stop_after:
             state = loader.state_dict()
             break
-    ds2 = tg.GroupedDataset(out, shuffle=True, seed=3)
-    ds2.set_epoch(2)
+    ds2 = tg.GroupedDataset(out, shuffle=True, seed=3)  # no set_epoch: the state restores epoch 2
     resumed = StatefulDataLoader(ds2, batch_size=None, num_workers=workers)
     resumed.load_state_dict(state)
     rest = ids(resumed)
@@ -80,6 +79,9 @@ def test_stateful_dataloader_exact_resume(dsdir, workers, stop_after):
     assert sorted(first + rest) == sorted(full)
     if workers == 0:
         assert first + rest == full  # the very same order
+    # epoch 0's order differs, so resuming in the wrong epoch would show
+    assert ids(StatefulDataLoader(tg.GroupedDataset(out, shuffle=True, seed=3), batch_size=None,
+                                  num_workers=workers)) != full
 
 
 def test_dataset_state_dict_resume_in_process(dsdir):

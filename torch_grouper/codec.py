@@ -82,27 +82,79 @@ def _image_ext(data: bytes) -> str:
     return "bin"
 
 
-def _find_bad(value, path: str):
-    """Locate the first value JSON cannot hold; returns (path, value) or None."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return None
-    if isinstance(value, np.generic):
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            r = _find_bad(v, f"{path}[{i}]")
-            if r:
-                return r
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                return (f"{path} (key {k!r})", k)
-            r = _find_bad(v, f"{path}.{k}")
-            if r:
-                return r
-        return None
-    return (path, value)
+def _find_bad(value, path: str, keys_only: bool = False):
+    """Locate the first value JSON cannot hold, or the first dict key that is
+    not a str (which JSON would refuse or silently turn into one); returns
+    (path, value, is_key) or None (``keys_only``: look for keys only).  Walks
+    iteratively, so deep nesting is found, not a RecursionError; a cycle is
+    walked once."""
+    stack = [(value, path)]
+    seen = set()
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        if isinstance(value, dict):
+            items = []
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    return (path, k, True)
+                items.append((v, f"{path}.{k}"))
+            stack.extend(reversed(items))
+        elif isinstance(value, (list, tuple)):
+            if keys_only:  # only containers can hold a key
+                stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value)))
+                             if isinstance(v, (dict, list, tuple)))
+            else:
+                stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+        elif keys_only or value is None or isinstance(value, (str, bool, int, float, np.generic)):
+            continue
+        else:
+            return (path, value, False)
+    return None
+
+
+def _key_message(path: str, key) -> str:
+    return (f"field {path.lstrip('.')!r} (key {key!r}): dict keys must be strings, not {type(key).__name__} "
+            f"(JSON cannot store the key as it is)")
+
+
+_CONTAINERS = (dict, list, tuple)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_STR = frozenset((str,))
+
+
+def _has_non_str_key(values) -> bool:
+    """Whether a dict inside ``values`` (at any depth) has a key that is not a
+    str.  Lists of plain scalars are passed over at C speed."""
+    stack = [values]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        if isinstance(v, dict):
+            if not _STR.issuperset(map(type, v)) and not all(isinstance(k, str) for k in v):
+                return True
+            v = v.values()
+        if not _SCALARS.issuperset(map(type, v)):
+            extend([x for x in v if isinstance(x, _CONTAINERS)])
+    return False
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """Whether lists / dicts nest deeper than ``limit`` (iterative)."""
+    stack = [(value, 0)]
+    while stack:
+        value, d = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, (list, tuple)):
+            continue
+        if d >= limit:
+            return True
+        stack.extend((v, d + 1) for v in value)
+    return False
 
 
 def _encode_image(name: str, v) -> tuple[str, bytes]:
@@ -156,16 +208,26 @@ def encode(ex: dict, image_fields=(), raw_json: bytes | None = None):
                 text = _encode_json(jpart).encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates: keep them, escaped
                 text = _encode_json_ascii(jpart).encode("ascii")
+        except RecursionError:
+            where = next((k for k, v in jpart.items() if _depth_exceeds(v, 500)), None)
+            raise EncodeError(f"{'' if where is None else f'field {where!r}: '}value is nested too deeply "
+                              f"to be stored as JSON") from None
         except (TypeError, ValueError) as e:
             bad = _find_bad(jpart, "")
             if bad is None:
                 raise EncodeError(f"example cannot be stored as JSON: {e}") from None
-            path, val = bad
+            path, val, is_key = bad
+            if is_key:
+                raise EncodeError(_key_message(path, val)) from None
             raise EncodeError(
                 f"field {path.lstrip('.')!r}: value of type {type(val).__name__} cannot be stored "
                 f"(store str, int, float, bool, None, lists, dicts with str keys, bytes, "
                 f"numpy arrays or images)"
             ) from None
+        if text.find(b"{", 1) >= 0 and _has_non_str_key(jpart.values()):  # a nested dict (or a "{" in a str)
+            bad = _find_bad(jpart, "", keys_only=True)
+            if bad is not None:
+                raise EncodeError(_key_message(bad[0], bad[1]))
         members.append(("json", text))
         for k in binary or ():
             v = ex[k]

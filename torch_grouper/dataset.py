@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import posixpath
@@ -382,6 +383,19 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if (rank is None) != (world_size is None):
+            raise ValueError(f"pass both rank and world_size, or neither (got rank={rank!r}, "
+                             f"world_size={world_size!r})")
+        if world_size is not None:
+            for name, v in (("rank", rank), ("world_size", world_size)):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise ValueError(f"{name} must be an int, got {v!r} of type {type(v).__name__}")
+            rank, world_size = int(rank), int(world_size)
+            if world_size < 1:
+                raise ValueError(f"world_size must be >= 1, got world_size={world_size}")
+            if not 0 <= rank < world_size:
+                raise ValueError(f"rank must satisfy 0 <= rank < world_size, got rank={rank}, "
+                                 f"world_size={world_size}")
         self.on_error = on_error
         self.skipped: list = []  # (group id, error) of damaged groups skipped in this process
         self.path = os.fspath(path)
@@ -407,6 +421,15 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     @property
     def num_examples(self) -> int:
         return int(self.manifest["num_examples"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this dataset's content (sha256 hex of the index checksum
+        and the group and example counts); ``state_dict`` records it so that
+        ``load_state_dict`` refuses the state of another dataset."""
+        m = self.manifest
+        index_sha = (m.get("index") or {}).get("sha256")
+        return hashlib.sha256(f"{index_sha}\0{m['num_groups']}\0{m['num_examples']}".encode()).hexdigest()
 
     @property
     def fs(self):
@@ -463,19 +486,33 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         """This reader's position: epoch and groups delivered in it."""
         reader, readers, _ = self._share()
         return {"epoch": self.epoch, "delivered": self._delivered, "reader": reader, "readers": readers,
-                "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self), "snapshot": self.snapshot}
+                "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self),
+                "fingerprint": self.fingerprint, "snapshot": self.snapshot}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration yields exactly the
-        groups this reader had not delivered yet in that epoch."""
-        if state.get("num_groups") != len(self):
-            raise ValueError(f"state is for a dataset of {state.get('num_groups')} groups; "
-                             f"{self.url} has {len(self)}")
+        groups this reader had not delivered yet in that epoch (and the
+        epoch's order is the saved epoch's).  A state saved at the end of an
+        epoch continues with a full epoch."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        fp = state.get("fingerprint")
+        if fp != self.fingerprint:
+            saved = fp[:12] if isinstance(fp, str) else repr(fp)
+            raise ValueError(f"state is for another dataset (fingerprint {saved}); {self.url} has "
+                             f"fingerprint {self.fingerprint[:12]}")
         if (state.get("seed"), state.get("shuffle")) != (self.seed, self.shuffle):
             raise ValueError(f"state was saved with seed={state.get('seed')}, shuffle={state.get('shuffle')}; "
                              f"this dataset has seed={self.seed}, shuffle={self.shuffle}")
+        for name in ("epoch", "delivered", "reader", "readers"):
+            v = state.get(name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"state[{name!r}] must be an int >= 0, got {v!r}")
+        if not state["delivered"] <= len(self):
+            raise ValueError(f"state['delivered'] = {state['delivered']} is more than the {len(self)} groups "
+                             f"of {self.url}")
         self.epoch = int(state["epoch"])
-        self._resume = dict(state)
+        self._resume = {**state, **{k: int(state[k]) for k in ("epoch", "delivered", "reader", "readers")}}
 
     # ------------------------------------------------------------- reading
     def _columns(self):
@@ -516,6 +553,14 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         """The group's row in the index."""
         if self._by_id is None:
             self._by_id = {g: i for i, g in enumerate(self._columns()["ids"])}
+        kind = self.manifest.get("group_id_type")
+        if type(group_id) is not int or kind != "int":  # 1.0 and True hash like 1: check the type
+            ok = {"int": int, "str": str, "bytes": bytes}.get(kind, object)
+            if isinstance(group_id, np.integer) and kind == "int":
+                group_id = int(group_id)
+            elif not isinstance(group_id, ok) or isinstance(group_id, bool):
+                raise KeyError(f"no group {group_id!r} of type {type(group_id).__name__} in {self.url}: "
+                               f"its group ids are {kind}")
         try:
             return self._by_id[group_id]
         except (KeyError, TypeError):
@@ -564,11 +609,18 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             if (st["reader"], st["readers"]) != (reader, readers):
                 raise ValueError(f"state was saved by reader {st['reader']} of {st['readers']}; this is reader "
                                  f"{reader} of {readers} (resume with the same world size and num_workers)")
-            start = int(st["delivered"])
+            start = st["delivered"]
+            if start and st["epoch"] != self.epoch:
+                raise ValueError(f"state was saved in epoch {st['epoch']} after {start} groups, but this dataset "
+                                 f"is set to epoch {self.epoch}: finish the resumed epoch before set_epoch")
         self._delivered = start
         if len(self) == 0:
             return
         rows = self._my_rows(reader, readers, self.epoch_order())
+        if start > len(rows):
+            self._delivered = 0
+            raise ValueError(f"state says reader {reader} of {readers} delivered {start} groups, but it has "
+                             f"{len(rows)} groups in epoch {self.epoch} of {self.url}")
         skip = self.on_error == "skip"
         for k in range(start, len(rows)):
             g = self._group(int(rows[k]))

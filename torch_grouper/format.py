@@ -99,11 +99,16 @@ def group_id_type(gid: Any) -> str | None:
 
 
 def canonical_group_id(gid: Any, kind: str) -> bytes:
-    """Bytes that identify a group id; used for hashing and ordering."""
+    """Bytes that identify a group id; used for hashing and ordering.  An int
+    id outside int64 raises OverflowError; a str with a lone surrogate,
+    UnicodeEncodeError."""
     if kind == "str":
         return str(gid).encode("utf-8")  # UnicodeEncodeError for lone surrogates
     if kind == "int":
-        return str(int(gid)).encode()
+        v = int(gid)
+        if not -(1 << 63) <= v < (1 << 63):  # the index stores int ids as int64
+            raise OverflowError(f"int group id {v} is outside the int64 range [-2**63, 2**63)")
+        return str(v).encode()
     return bytes(gid)
 
 

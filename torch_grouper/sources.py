@@ -124,11 +124,38 @@ class Source:
             size += _approx_size(ex)
             if len(buf) >= CHUNK_EXAMPLES or size >= max_bytes:
                 size = 0
-                yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
+                yield ("chunk", start, _pickle_chunk(buf, start))
                 start += len(buf)
                 buf = []
         if buf:
-            yield ("chunk", start, pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL))
+            yield ("chunk", start, _pickle_chunk(buf, start))
+
+
+def _pickle_chunk(buf: list, start: int) -> bytes:
+    """A chunk's examples pickled for the hand-off to a worker; an example that
+    cannot be pickled raises PartitionError naming it and its field."""
+    try:
+        return pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - PicklingError, TypeError, AttributeError, RecursionError...
+        from .engines.local import PartitionError
+
+        for i, ex in enumerate(buf):
+            fields = list(ex.items()) if isinstance(ex, dict) else [(None, ex)]
+            for k, v in fields:
+                try:
+                    pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as err:  # noqa: BLE001
+                    what = "the example" if k is None else f"field {k!r}"
+                    if isinstance(err, RecursionError):
+                        why = "is nested too deeply"
+                    else:
+                        why = f"({type(v).__name__}) cannot be pickled: {type(err).__name__}: {err}"
+                    raise PartitionError(
+                        f"example {start + i}: {what} {why}; examples of an iterable source are pickled "
+                        f"to reach the worker processes"
+                    ) from None
+        raise PartitionError(f"examples {start}-{start + len(buf) - 1} cannot be pickled to reach the worker "
+                             f"processes: {type(e).__name__}: {e}") from None
 
 
 def iter_examples(source: Source):
@@ -317,7 +344,9 @@ def _file_source(paths, storage_options, parallelism) -> Source:
         kinds.add(kind)
         size = int(info.get("size") or 0)
         url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
-        fp.update(f"{url}\0{size}\0{info.get('mtime', info.get('LastModified', ''))}\0".encode())
+        # surrogateescape: a local file name that is not UTF-8 (os.fsdecode) hashes as its bytes
+        fp.update(f"{url}\0{size}\0{info.get('mtime', info.get('LastModified', ''))}\0".encode(
+            "utf-8", "surrogateescape"))
         compressed = f.lower().endswith(_COMPRESSED)
         if kind in ("json", "text"):
             if compressed or size <= step:
@@ -388,11 +417,13 @@ def _iter_lines(url, start, end, storage_options, parse_json):
                     ex, used = scan(text, 0)
                     if used != len(text) and not text[used:].isspace():
                         raise ValueError
-                except (ValueError, StopIteration):
+                except (ValueError, StopIteration, RecursionError):
                     try:
                         ex = loads(line)
                     except ValueError as e:
                         raise SourceError(f"{url}: line at byte {loc}: invalid JSON ({e})") from None
+                    except RecursionError:
+                        raise SourceError(f"{url}: line at byte {loc}: JSON nested too deeply to read") from None
                 if type(ex) is not dict:
                     raise SourceError(
                         f"{url}: line at byte {loc}: a JSON Lines example must be an object, "

@@ -24,6 +24,7 @@ only on the data.
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import os
@@ -146,6 +147,11 @@ def map_slice(slice_no: int, task) -> MapResult:
                     f"{source.where(s, loc)}: group key {gid!r} is not valid Unicode (a lone "
                     f"surrogate); group ids are stored as UTF-8"
                 ) from None
+            except OverflowError:
+                raise PartitionError(
+                    f"{source.where(s, loc)}: group key {gid!r} is out of range; int group ids are "
+                    f"stored as int64 (-2**63 <= key < 2**63)"
+                ) from None
             h = blake(canon)
             hexh = sample_key(h, 0, 0)[:16]
             if len(seen) > 200_000:
@@ -180,8 +186,15 @@ def map_slice(slice_no: int, task) -> MapResult:
             except (KeyError, TypeError) as e:
                 raise _key_error(source, s, loc, keyfn, ex, KeyError(stats_col) if isinstance(e, KeyError)
                                  else TypeError(f"label {ex.get(stats_col)!r} is not hashable")) from None
-            if lk is None:
-                lk = label_keys[lab] = lab if type(lab) is str else json.dumps(lab)
+            if lk is None:  # label counts are stored as JSON objects: str labels as they are, others as JSON
+                if type(lab) is not str and hasattr(lab, "item") and type(lab).__module__ == "numpy":
+                    lab = lab.item()  # a numpy scalar
+                if lab is not None and not isinstance(lab, (str, int, float)):  # bool is an int
+                    raise PartitionError(
+                        f"{source.where(s, loc)}: label {lab!r} in column {stats_col!r} is a "
+                        f"{type(lab).__name__}; labels must be str, int, float, bool or None (label counts "
+                        f"are stored as JSON)")
+                lk = label_keys[ex[stats_col]] = lab if isinstance(lab, str) else json.dumps(lab)
         buf.append((h, canon, ordinal, nwords, nbytes, tar, lk))
         size += len(tar) + len(canon) + _ENTRY_OVERHEAD
         n += 1
@@ -195,9 +208,26 @@ def map_slice(slice_no: int, task) -> MapResult:
 
 
 def _spill(buf: list, tmpdir: str) -> Run:
-    """Sort the buffer and write it as one run of per-group pieces."""
+    """Sort the buffer and write it as one run of per-group pieces.  A failed
+    write (a full disk) raises an OSError naming the spill file."""
     buf.sort(key=itemgetter(0, 1, 2))
-    fd, path = tempfile.mkstemp(suffix=".run", dir=tmpdir)
+    path = None
+    try:
+        fd, path = tempfile.mkstemp(suffix=".run", dir=tmpdir)
+        return _write_run(buf, fd, path)
+    except OSError as e:
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        full = " (disk full?)" if e.errno == errno.ENOSPC else ""
+        raise OSError(e.errno, f"cannot write spill file {path or 'in ' + tmpdir}: {e.strerror or e}{full}; "
+                               f"spill files go to tmp_dir: pass tmp_dir= a folder with room for the input"
+                      ) from e
+
+
+def _write_run(buf: list, fd: int, path: str) -> Run:
     offsets = [0] * (fmt.NUM_BUCKETS + 1)
     pos = 0
     b = 0
