@@ -488,3 +488,36 @@ def test_cli_snapshots_and_vacuum(tmp_path, capsys):
     assert main(["vacuum", str(out), "--keep", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"{out}: 2 snapshot(s) removed"
     assert main(["verify", str(out), "--snapshot", ids[2]]) == 0
+
+
+def test_a_commit_entry_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    fs = fsspec.filesystem("file")
+    path = str(tmp_path / "_log" / fmt.log_name(1))
+
+    def crash(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", crash)  # a crash after part of the entry was written
+    with pytest.raises(OSError, match="I/O error"):
+        snapshots.create_exclusive(fs, path, b'{"sequence": 1}' * 100)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "_log") == []  # no partial entry, no temporary file
+    snapshots.create_exclusive(fs, path, b"whole")
+    assert open(path, "rb").read() == b"whole"
+
+
+def test_full_disk_while_writing_shards_names_the_shard(tmp_path, monkeypatch):
+    from torch_grouper import writer
+
+    out = tmp_path / "d"
+    tg.partition(old_examples(200), "g", out, progress=False)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardWriter, "_write", full)
+    with pytest.raises(OSError, match=r"writing shard .*/d/snapshots/[0-9a-f]{32}/shard-00000-000\.tar: "
+                                      r"No space left on device \(disk full\?\)"):
+        tg.partition(new_examples(200), "g", out, overwrite=True, progress=False, num_workers=1)
+    monkeypatch.undo()
+    assert content(out) == expected(old_examples(200))

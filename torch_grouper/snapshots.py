@@ -154,14 +154,15 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
         d = posixpath.dirname(path)
         os.makedirs(d, exist_ok=True)
         tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
-            os.link(tmp, path)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # whole, and only if ``path`` does not exist
         finally:
-            os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         _fsync_dir(d)
     elif _is_memory(fs):
         with _memory_lock:
@@ -192,11 +193,15 @@ def write_whole(fs, path: str, data: bytes) -> None:
         d = posixpath.dirname(path)
         os.makedirs(d, exist_ok=True)
         tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     else:
         retry(fs.pipe_file, path, data, what=f"write {path}")
 

@@ -25,9 +25,11 @@ only on the data.
 from __future__ import annotations
 
 import errno
+import errno
 import heapq
 import json
 import os
+import posixpath
 import shutil
 import struct
 import sys
@@ -41,6 +43,7 @@ from .. import format as fmt
 from ..codec import EncodeError, count_example_words, encode
 from ..tario import _PADS, _header, member
 from ..partitioners import Partitioner
+from ..retry import RetryError
 from ..writer import ShardWriter
 
 # piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len, labels_len
@@ -315,6 +318,13 @@ def reduce_task(task: int, ranges: list, root_url: str, storage_options, shard_s
         for h, canon, n, nwords, nbytes, labels, blob_len, f in merged:
             w.add_piece(h, canon, n, nwords, nbytes, blob_len, f, labels)
         return w.close()
+    except OSError as e:
+        w.abort()
+        if isinstance(e, RetryError) or e.errno is None:
+            raise
+        where = posixpath.join(root_url, w.name) if getattr(w, "name", None) else root_url
+        hint = " (disk full?)" if e.errno == errno.ENOSPC else ""
+        raise OSError(e.errno, f"writing shard {where}: {e.strerror or e}{hint}") from e
     except BaseException:
         w.abort()
         raise
