@@ -69,3 +69,14 @@ def test_random_access_equals_stream(tmp_path):
     assert sorted(ds.group_ids()) == sorted(streamed)
     for gid, examples in streamed.items():
         assert all(same(a, b) for a, b in zip(ds[gid], examples))
+
+
+def test_workers_forked_after_reading_in_the_main_process_read_their_own_handles(tmp_path):
+    """A forked DataLoader worker must not reuse the main process's open shard
+    handles: their file offsets are shared with the parent and the siblings."""
+    exs = [{"g": f"u{i % 40}", "i": i} for i in range(4000)]
+    tg.partition(exs, "g", tmp_path / "o", progress=False, num_workers=1)
+    ds = tg.GroupedDataset(tmp_path / "o")
+    main = {g.id: [e["i"] for e in g] for g in ds}  # leaves open handles in this process
+    for _ in range(3):
+        assert {g.id: [e["i"] for e in g] for g in DataLoader(ds, batch_size=None, num_workers=2)} == main

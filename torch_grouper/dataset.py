@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch.utils.data
 
 from . import format as fmt
-from . import snapshots
+from . import snapshots, views
 from .codec import decode_field
 from .retry import retry
 from .tario import BLOCK, TarFormatError, iter_members, walk
@@ -62,6 +62,17 @@ class Group:
             self._examples = list(self)
             self._src = None
         return self._examples
+
+    def split(self, parts: dict, *, seed: int = 0) -> dict:
+        """This group's examples split into parts (``{"personalize": 0.8,
+        "test": 0.2}`` or counts): the same parts as
+        ``GroupedDataset.split_examples(parts, seed=seed)`` gives for it."""
+        kind = fmt.group_id_type(self.id) or "str"
+        exs = self.examples()
+        h = views.group_hash(self.id, kind)
+        views.example_part_sizes(0, parts)  # checks the parts
+        return {name: Group(self.id, [exs[i] for i in views.example_positions(len(exs), h, seed, parts, name)])
+                for name in parts}
 
     def __reduce__(self):
         return (_rebuild_group, (self.id, self.examples(), self.num_bytes, self.num_words))
@@ -148,9 +159,11 @@ class _Reader:
         self.__init__(None, st["root"], st["url"], st["storage_options"])
 
     def _file(self, shard: str):
+        fs = self.fs  # first: in a forked process this drops the parent's handles, whose
+        # file offsets the parent and every sibling share (seek + read would race)
         f = self._open.get(shard)
         if f is None:
-            f = self.fs.open(posixpath.join(self.root, shard), "rb", block_size=4 << 20)
+            f = fs.open(posixpath.join(self.root, shard), "rb", block_size=4 << 20)
             self._open[shard] = f
             if len(self._open) > OPEN_SHARDS:
                 self._open.popitem(last=False)[1].close()
@@ -411,15 +424,21 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         self.shuffle, self.seed = shuffle, int(seed)
         self.epoch = 0
         self._transforms: tuple = ()
+        self._view: tuple = ()  # split steps selecting groups / examples (views.py)
         self._delivered = 0  # groups this reader has yielded in the current epoch
         self._resume: dict | None = None
 
     # ------------------------------------------------------------- info
     def __len__(self) -> int:
+        if self._view:
+            return len(self._columns()["ids"])
         return int(self.manifest["num_groups"])
 
     @property
     def num_examples(self) -> int:
+        if self._view:
+            c = self._columns()
+            return int(c.get("part_n", c["num_examples"]).sum())
         return int(self.manifest["num_examples"])
 
     @property
@@ -429,7 +448,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         ``load_state_dict`` refuses the state of another dataset."""
         m = self.manifest
         index_sha = (m.get("index") or {}).get("sha256")
-        return hashlib.sha256(f"{index_sha}\0{m['num_groups']}\0{m['num_examples']}".encode()).hexdigest()
+        view = json.dumps([list(step) for step in self._view], sort_keys=True) if self._view else ""
+        return hashlib.sha256(f"{index_sha}\0{m['num_groups']}\0{m['num_examples']}{view}".encode()).hexdigest()
 
     @property
     def fs(self):
@@ -457,7 +477,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return list(self._columns()["ids"])
 
     def __repr__(self) -> str:
-        return (f"GroupedDataset({self.url!r}, groups={len(self)}, examples={self.num_examples}, "
+        view = f", view={[d['name'] for _, d in self._view]}" if self._view else ""
+        return (f"GroupedDataset({self.url!r}{view}, groups={len(self)}, examples={self.num_examples}, "
                 f"shards={len(self.manifest['shards'])}, shuffle={self.shuffle})")
 
     def __getstate__(self):
@@ -476,6 +497,82 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         new._resume = None
         new._delivered = 0
         return new
+
+    def split_groups(self, parts: dict, *, seed: int = 0) -> dict:
+        """Disjoint views over subsets of the groups: ``{"train": 0.9, "heldout": 0.1}``
+        gives ``{"train": view, "heldout": view}``, each a GroupedDataset.
+
+        A group's split depends only on (``seed``, group id), so it never
+        changes when groups are added or reordered; the fractions hold in
+        expectation, not exactly (see ``torch_grouper.views``).  Fractions
+        summing to less than 1 leave the rest of the groups in no split.  A
+        view reads no data to decide, refuses ``view[id]`` for ids outside it,
+        and has its own ``fingerprint`` (a resume state of one view does not
+        load into another)."""
+        views.check_fractions(parts, "split_groups")
+        return {name: self._with_view("groups", {"parts": dict(parts), "seed": int(seed), "name": name})
+                for name in parts}
+
+    def split_examples(self, parts: dict, *, seed: int = 0, min_examples: int = 1) -> dict:
+        """Views splitting each group's examples into parts, e.g.
+        ``{"personalize": 0.8, "test": 0.2}`` (fractions) or
+        ``{"personalize": 16, "test": None}`` (counts; None: the rest).
+
+        Seeded by (``seed``, group id); each part keeps input order.  Groups
+        with fewer than ``min_examples`` examples are left out of every part;
+        the rounding rule for small groups is in ``torch_grouper.views``.
+        A group is read whole to be split (its part is selected before any
+        ``map_groups`` function runs)."""
+        if isinstance(min_examples, bool) or not isinstance(min_examples, int) or min_examples < 0:
+            raise ValueError(f"min_examples must be an int >= 0, got {min_examples!r}")
+        views.example_part_sizes(0, parts)  # checks the parts
+        return {name: self._with_view("examples", {"parts": dict(parts), "seed": int(seed), "name": name,
+                                                   "min_examples": min_examples})
+                for name in parts}
+
+    def _with_view(self, kind: str, spec: dict) -> "GroupedDataset":
+        new = copy.copy(self)
+        new._view = self._view + ((kind, spec),)
+        new._cols = new._by_id = None
+        new._resume = None
+        new._delivered = 0
+        return new
+
+    def _view_columns(self) -> dict:
+        """The index columns restricted by this view's steps (``part_n``: the
+        examples of each group's part, for example splits)."""
+        base = copy.copy(self)
+        base._view, base._cols, base._by_id = (), None, None
+        c = dict(base._columns())
+        kind = self.manifest.get("group_id_type", "str")
+        for step, spec in self._view:
+            n = c.get("part_n", c["num_examples"])
+            if step == "groups":
+                rows = views.group_split_rows(c["ids"], kind, spec["parts"], spec["seed"])[spec["name"]]
+                part_n = n[rows]
+            else:
+                k = list(spec["parts"]).index(spec["name"])
+                rows = np.flatnonzero(n >= spec["min_examples"])
+                part_n = np.fromiter((views.example_part_sizes(int(x), spec["parts"])[k] for x in n[rows]),
+                                     dtype=np.int64, count=len(rows))
+            ids = c["ids"]
+            c = {key: (v[rows] if isinstance(v, np.ndarray) else v) for key, v in c.items()}
+            c["ids"] = [ids[i] for i in rows]
+            if step == "examples" or "part_n" in c:
+                c["part_n"] = part_n
+        return c
+
+    def _select_examples(self, g):
+        """The group restricted to this view's example parts (read whole)."""
+        kind = self.manifest.get("group_id_type", "str")
+        for step, spec in self._view:
+            if step != "examples":
+                continue
+            exs = g.examples()
+            pos = views.example_positions(len(exs), views.group_hash(g.id, kind), spec["seed"], spec["parts"],
+                                          spec["name"])
+            g = Group(g.id, [exs[i] for i in pos], num_bytes=g.num_bytes, num_words=g.num_words)
+        return g
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch`` (call before iterating)."""
@@ -516,6 +613,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------- reading
     def _columns(self):
+        if self._cols is None and self._view:
+            self._cols = self._view_columns()
         if self._cols is None:
             idx = self.index
             names: dict = {}  # shard name -> number (plain Python: pyarrow.compute costs 0.2 s to start)
@@ -541,6 +640,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         )
 
     def _apply(self, g):
+        if self._view:
+            g = self._select_examples(g)
         for fn in self._transforms:
             g = fn(g)
         return g

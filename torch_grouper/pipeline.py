@@ -45,7 +45,12 @@ def partition(
         source: a ``datasets.Dataset`` or ``datasets.IterableDataset``
             (streaming), a path / glob / list of JSON Lines, Parquet, CSV or
             text files (local or any fsspec URL, optionally compressed), or
-            any iterable of example dicts.
+            any iterable of example dicts.  A ``datasets.DatasetDict`` or a
+            dict of such sources (``{"train": ..., "test": ...}``) gives one
+            grouped dataset per split, ``output/SPLIT``, with the same key
+            (so the same group ids), committed together; the call then
+            returns ``{split: manifest}`` and each manifest's ``part`` names
+            its split.
         key: a column name, or a callable ``example -> str | int | bytes``
             (lambdas are fine), or a key object from
             ``torch_grouper.partitioners``.
@@ -86,6 +91,14 @@ def partition(
     and complete.  Of two partitions committing to one output, one wins and
     the other raises ``ConcurrentCommitError``.
     """
+    splits = _splits_of(source) if _stage is None else None
+    if splits is not None:  # one dataset per split, committed together
+        manifests = partition_together(
+            [(name, src, key) for name, src in splits.items()], output, overwrite=overwrite,
+            storage_options=storage_options, keep_snapshots=keep_snapshots, num_workers=num_workers,
+            shard_size=shard_size, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
+            label_column=label_column)
+        return dict(zip(splits, manifests))
     t0 = time.perf_counter()
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
@@ -127,7 +140,7 @@ def partition(
         )
         before_write()  # an empty source still makes a (complete, empty) dataset
         manifest = _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size,
-                                         label_column)
+                                         label_column, _part)
         if own:
             stage.commit()
     except BaseException:
@@ -141,7 +154,8 @@ def partition(
     return manifest
 
 
-def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size, label_column) -> dict:
+def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size, label_column,
+                          part=None) -> dict:
     """The index, then the snapshot's manifest (no timestamps, no snapshot id:
     the same input gives the same bytes)."""
     shards = [s for _, sh in results for s in sh]
@@ -169,10 +183,27 @@ def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, sha
         "label_stats": ({"column": label_column, **label_summary(index)} if label_column else None),
         "shards": shards,
     }
+    if part is not None:  # one of several datasets written together (a split, a party)
+        manifest["part"] = part
     snapshots.checkpoint("index-written")
     write_manifest(fs, folder, manifest)
     snapshots.checkpoint("manifest-written")
     return manifest
+
+
+def _splits_of(source) -> dict | None:
+    """``{split name: source}`` for a ``datasets.DatasetDict`` or a dict of
+    sources (datasets, paths, iterables), else None."""
+    import sys
+
+    datasets = sys.modules.get("datasets")
+    if datasets is not None and isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return dict(source)
+    if isinstance(source, dict) and source and all(isinstance(k, str) for k in source) and all(
+            isinstance(v, (str, os.PathLike, list, tuple)) or (hasattr(v, "__iter__") and not isinstance(v, (dict, bytes)))
+            for v in source.values()):
+        return dict(source)
+    return None
 
 
 def _check_output(fs, root: str, url: str, overwrite: bool):
