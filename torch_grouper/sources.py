@@ -13,6 +13,7 @@ example's JSON text when the source already holds it (JSON Lines), else None;
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -434,18 +435,51 @@ def _iter_lines(url, start, end, storage_options, parse_json):
                 return
 
 
+PARQUET_BATCH_BYTES = 4 << 20  # decoded bytes per record batch read from a Parquet file
+PARQUET_MAX_BATCH_ROWS = 4096
+PARQUET_BUFFER = 1 << 20  # read column chunks through a buffer of this size, page by page
+
+
+def _parquet_batch_rows(md, i: int, columns) -> int:
+    """Rows per record batch of row group ``i`` so that one batch decodes to
+    about PARQUET_BATCH_BYTES, from the group's uncompressed size per row (a
+    row group of any size is then read a few MB at a time)."""
+    rg = md.row_group(i)
+    if rg.num_rows <= 0:
+        return 1
+    size = 0
+    for j in range(rg.num_columns):
+        c = rg.column(j)
+        if columns is None or c.path_in_schema.split(".")[0] in columns:
+            size += c.total_uncompressed_size
+    per_row = max(1, size // rg.num_rows)
+    return max(1, min(PARQUET_MAX_BATCH_ROWS, PARQUET_BATCH_BYTES // per_row))
+
+
 def _iter_parquet(url, row_groups, storage_options, columns=None):
+    """Rows of some row groups, each with its row number in the file.
+
+    Memory stays bounded whatever the size of a row group: column chunks are
+    read through a small buffer (not pre-buffered whole) and decoded in record
+    batches of a few MB."""
     import pyarrow.parquet as pq
 
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        pf = pq.ParquetFile(f)
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
+    # a local file is read by Arrow itself: through a Python file object every
+    # page read is one more copy of the page
+    with contextlib.nullcontext(path) if local else fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f, buffer_size=PARQUET_BUFFER, pre_buffer=False)
         if columns and any(c not in pf.schema_arrow.names for c in columns):
             raise SourceError(f"{url}: no column {columns[0]!r} (columns: {pf.schema_arrow.names})")
-        row = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
-        for batch in pf.iter_batches(row_groups=row_groups, batch_size=4096, columns=columns):
-            for ex in batch.to_pylist():
-                yield ex, None, row
-                row += 1
+        md = pf.metadata
+        row = sum(md.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
+        for i in row_groups:
+            size = _parquet_batch_rows(md, i, columns)
+            for batch in pf.iter_batches(batch_size=size, row_groups=[i], columns=columns, use_threads=False):
+                for ex in batch.to_pylist():
+                    yield ex, None, row
+                    row += 1
 
 
 def _iter_csv(url, storage_options):

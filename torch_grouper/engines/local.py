@@ -377,26 +377,96 @@ def _bounded(pool, fn, items, limit):
         yield p.get()
 
 
+SPILL_LOCK = "lock"  # inside a spill directory: flock-ed by its run for the run's lifetime
+SPILL_UNLOCKED_MAX_AGE_S = 24 * 3600  # a spill directory without a lock file: removed after this
+_SPILL_NAME = r"torch_grouper-\d+-"
+
+
+def _fcntl():
+    """The ``fcntl`` module, or None where there is none (not POSIX: no flock,
+    so stale spill directories are never removed)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
+def make_spill_dir(tmp_dir: str | None):
+    """Create this run's spill directory and lock it: ``(path, lock fd)``.
+
+    The run holds an exclusive ``flock`` on ``path/lock`` until
+    ``remove_spill_dir`` (or its death: the kernel drops the lock with the
+    last process holding it, forked pool workers included).  The lock file is
+    locked before it gets its name, so no cleanup ever sees it unlocked while
+    the run lives.  Without ``fcntl``, or on a filesystem without ``flock``,
+    the fd is None and the directory has no lock file."""
+    path = tempfile.mkdtemp(prefix=f"torch_grouper-{os.getpid()}-", dir=tmp_dir)
+    fcntl = _fcntl()
+    if fcntl is None:
+        return path, None
+    staged = os.path.join(path, SPILL_LOCK + ".new")
+    fd = os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staged, os.path.join(path, SPILL_LOCK))
+    except OSError:
+        os.close(fd)
+        return path, None
+    return path, fd
+
+
+def remove_spill_dir(path: str, lock_fd) -> None:
+    """Remove a run's spill directory, then release its lock."""
+    shutil.rmtree(path, ignore_errors=True)
+    if lock_fd is not None:
+        os.close(lock_fd)
+
+
 def clean_stale_spills(tmp_dir: str | None) -> None:
-    """Remove spill directories left by partitions that were killed (their
-    process is gone); live ones are left alone."""
+    """Remove spill directories left by partitions that died (SIGKILL, power
+    loss), only where that is proven: the directory's lock file can be locked,
+    so no live process holds it, whatever its PID or PID namespace.  A
+    directory without a lock file (an older release's, or one being created)
+    is removed only once untouched for SPILL_UNLOCKED_MAX_AGE_S.  Without
+    ``fcntl`` nothing is removed."""
+    import re
+    import stat
+    import time
+
+    fcntl = _fcntl()
+    if fcntl is None:
+        return
     root = tmp_dir or tempfile.gettempdir()
     try:
         names = os.listdir(root)
     except OSError:
         return
     for name in names:
-        parts = name.split("-")
-        if len(parts) < 3 or parts[0] != "torch_grouper" or not parts[1].isdigit():
+        if not re.match(_SPILL_NAME, name):
             continue
-        pid = int(parts[1])
+        path = os.path.join(root, name)
         try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        except PermissionError:
+            fd = os.open(os.path.join(path, SPILL_LOCK), os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and time.time() - st.st_mtime > SPILL_UNLOCKED_MAX_AGE_S:
+                shutil.rmtree(path, ignore_errors=True)
             continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its run lives (or no flock here, which proves nothing)
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 # ------------------------------------------------------------ first pass
@@ -488,7 +558,7 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
 
     budget = max(1 << 20, memory_budget // max(1, num_workers))
     clean_stale_spills(tmp_dir)
-    tmpdir = tempfile.mkdtemp(prefix=f"torch_grouper-{os.getpid()}-", dir=tmp_dir)
+    tmpdir, spill_lock = make_spill_dir(tmp_dir)
     pool = None
     try:
         offsets = None
@@ -547,4 +617,4 @@ def run(source, keyfn, root_url, *, num_workers, shard_size, memory_budget, stor
         if pool is not None:
             pool.terminate()
             pool.join()
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        remove_spill_dir(tmpdir, spill_lock)
