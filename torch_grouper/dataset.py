@@ -19,6 +19,7 @@ import torch.utils.data
 
 from . import format as fmt
 from . import snapshots, views
+from .features import ToArrays, array_fields
 from .codec import decode_field
 from .retry import retry
 from .tario import BLOCK, TarFormatError, iter_members, walk
@@ -384,6 +385,10 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             while the dataset is rewritten.
         rank, world_size: this process's share for distributed reading
             (default: from ``torch.distributed`` when it is initialized).
+        arrays: return the fields that the dataset's features declare as
+            numeric sequences or arrays (HF ``Sequence``/``List`` of numbers,
+            ``Array2D``...) as numpy arrays, so collation stacks them
+            (``torch_grouper.features``); groups are then read whole.
         on_error: a damaged group (corrupt or truncated shard) raises an error
             naming the shard and byte offset ("raise"), or is skipped with a
             warning and recorded in ``skipped`` ("skip"; groups are then read
@@ -392,7 +397,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
                  rank: int | None = None, world_size: int | None = None, on_error: str = "raise",
-                 snapshot: str | None = None):
+                 snapshot: str | None = None, arrays: bool = True):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -425,6 +430,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         self.epoch = 0
         self._transforms: tuple = ()
         self._view: tuple = ()  # split steps selecting groups / examples (views.py)
+        fields = array_fields(self.manifest.get("features")) if arrays else {}
+        self._arrays = ToArrays(fields) if fields else None
         self._delivered = 0  # groups this reader has yielded in the current epoch
         self._resume: dict | None = None
 
@@ -642,6 +649,9 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def _apply(self, g):
         if self._view:
             g = self._select_examples(g)
+        if self._arrays is not None:
+            conv = self._arrays.example
+            g = Group(g.id, [conv(e) for e in g.examples()], num_bytes=g.num_bytes, num_words=g.num_words)
         for fn in self._transforms:
             g = fn(g)
         return g

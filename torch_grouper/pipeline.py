@@ -12,6 +12,7 @@ from . import format as fmt
 from . import snapshots
 from ._version import __version__
 from .engines import local
+from .features import features_dict
 from .partitioners import describe_key, key_function
 from .retry import retry
 from .sources import as_source
@@ -36,6 +37,7 @@ def partition(
     progress: bool = True,
     label_column: str | None = None,
     keep_snapshots: int = snapshots.DEFAULT_KEEP,
+    features=None,
     _stage: "snapshots.Staged | None" = None,
     _part: str | None = None,
 ) -> dict:
@@ -74,6 +76,11 @@ def partition(
             Label partitioners (Dirichlet, Pathological, Shard, ...) do this
             for their ``partition_by`` column unless told otherwise.
 
+        features: HF ``datasets.Features`` (or its dict form) describing the
+            examples, recorded in the manifest; for sources that have none
+            (JSON Lines, iterables), or to override the source's.  Numeric
+            sequence and array fields then come back as numpy arrays
+            (``torch_grouper.features``).
         keep_snapshots: after the commit, remove all snapshots but this many
             newest ones (the new one and, by default, the one it replaced);
             see ``tg.vacuum``.
@@ -97,7 +104,7 @@ def partition(
             [(name, src, key) for name, src in splits.items()], output, overwrite=overwrite,
             storage_options=storage_options, keep_snapshots=keep_snapshots, num_workers=num_workers,
             shard_size=shard_size, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
-            label_column=label_column)
+            label_column=label_column, features=features)
         return dict(zip(splits, manifests))
     t0 = time.perf_counter()
     if shard_size <= 0:
@@ -120,6 +127,8 @@ def partition(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     src = as_source(source, storage_options, num_workers)
+    if features is not None:
+        src.features = features_dict(features)
     if src.slices:
         num_workers = min(num_workers, len(src.slices))
 

@@ -88,7 +88,7 @@ class Batch:
 
 
 class ToTorch:
-    """Convert numbers and numpy arrays to tensors with torch's default_collate
+    """Convert numbers and numpy arrays to tensors with torch's default_convert
     (on a list of batches, each batch; on a group, each example)."""
 
     def __call__(self, x):
