@@ -99,6 +99,92 @@ class ToTorch:
         return Group(x.id, [default_convert(e) for e in _examples(x)])
 
 
+class ByteTokenizer:
+    """Text -> token ids: its UTF-8 bytes shifted by ``offset`` (ids below it
+    are free for special tokens: by default 0 = padding, 1 = end of text).
+    ``vocab_size`` = 256 + offset."""
+
+    def __init__(self, offset: int = 2):
+        self.offset = offset
+        self.vocab_size = 256 + offset
+
+    def __call__(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + self.offset
+
+    def decode(self, ids) -> str:
+        b = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
+        return b.decode("utf-8", "replace")
+
+
+class CharTokenizer:
+    """Text -> token ids over a fixed alphabet (e.g. the 86 characters of
+    TFF's Shakespeare task); characters outside it map to ``unk`` (1), 0 is
+    padding, and ids of the alphabet start at 2.  ``vocab_size`` = len + 2."""
+
+    def __init__(self, alphabet: str):
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError("CharTokenizer: the alphabet has repeated characters")
+        self.alphabet = alphabet
+        self.table = {c: i + 2 for i, c in enumerate(alphabet)}
+        self.vocab_size = len(alphabet) + 2
+
+    def __call__(self, text: str) -> np.ndarray:
+        get = self.table.get
+        return np.fromiter((get(c, 1) for c in text), dtype=np.int64, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.alphabet[int(i) - 2] for i in ids if int(i) >= 2)
+
+
+class PackTokens:
+    """Language-model blocks from a group's text, as Dataset Grouper's LM
+    pipeline builds them: tokenize each example's ``field`` (``tokenizer``: any
+    callable ``str -> sequence of ints``; default ``ByteTokenizer()``), join
+    the examples in order with ``eos_id`` after each (None: nothing), cut the
+    stream into blocks of ``block_size + 1`` tokens, and return a Group whose
+    examples are ``{"inputs": block[:-1], "targets": block[1:]}`` (int64 numpy
+    arrays of ``block_size``).  The last, shorter block is dropped
+    (``remainder="drop"``) or padded (``"pad"``: inputs with ``pad_id``,
+    targets with ``ignore_index``, which ``torch.nn.CrossEntropyLoss`` skips)."""
+
+    def __init__(self, block_size: int, tokenizer=None, *, field: str = "text", eos_id: int | None = 1,
+                 remainder: str = "drop", pad_id: int = 0, ignore_index: int = -100):
+        if block_size < 1:
+            raise ValueError(f"PackTokens: block_size must be >= 1, got {block_size}")
+        if remainder not in ("drop", "pad"):
+            raise ValueError(f"PackTokens: remainder must be 'drop' or 'pad', got {remainder!r}")
+        self.block_size, self.field, self.eos_id = block_size, field, eos_id
+        self.tokenizer = ByteTokenizer() if tokenizer is None else tokenizer
+        self.remainder, self.pad_id, self.ignore_index = remainder, pad_id, ignore_index
+
+    def __call__(self, g) -> Group:
+        parts = []
+        for ex in _examples(g):
+            try:
+                text = ex[self.field]
+            except KeyError:
+                raise KeyError(f"PackTokens: group {g.id!r} has an example without field {self.field!r} "
+                               f"(fields: {sorted(ex)})") from None
+            parts.append(np.asarray(self.tokenizer(text), dtype=np.int64))
+            if self.eos_id is not None:
+                parts.append(np.array([self.eos_id], dtype=np.int64))
+        stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        n = self.block_size
+        out = []
+        full = (len(stream) - 1) // n if len(stream) > 1 else 0
+        for k in range(full):  # consecutive blocks share one token (the next block's first input)
+            blk = stream[k * n:(k + 1) * n + 1]
+            out.append({"inputs": blk[:-1].copy(), "targets": blk[1:].copy()})
+        rest = stream[full * n:]
+        if self.remainder == "pad" and len(rest) > 1:
+            inputs = np.full(n, self.pad_id, np.int64)
+            targets = np.full(n, self.ignore_index, np.int64)
+            inputs[:len(rest) - 1] = rest[:-1]
+            targets[:len(rest) - 1] = rest[1:]
+            out.append({"inputs": inputs, "targets": targets})
+        return Group(g.id, out)
+
+
 class Compose:
     def __init__(self, *fns):
         self.fns = fns
