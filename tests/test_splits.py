@@ -150,3 +150,17 @@ def test_one_dataset_per_source_split(tmp_path):
     # a dict of plain sources works the same way
     ms = tg.partition({"a": _examples(range(3)), "b": _examples(range(2))}, "g", tmp_path / "plain", progress=False)
     assert {k: m["num_groups"] for k, m in ms.items()} == {"a": 3, "b": 2}
+
+
+def test_shuffle_seed_is_datasets_shuffle_before_partitioning(tmp_path):
+    rows = [{"g": f"c{i % 7}", "i": i} for i in range(300)]
+    hf = datasets.Dataset.from_list(rows)
+    tg.partition(hf, "g", tmp_path / "s", progress=False, shuffle_seed=42)
+    shuffled = hf.shuffle(seed=42)
+    want = {}
+    for r in shuffled:
+        want.setdefault(r["g"], []).append(r["i"])
+    got = {g.id: [e["i"] for e in g] for g in tg.GroupedDataset(tmp_path / "s")}
+    assert got == want and got["c0"] != sorted(got["c0"])
+    with pytest.raises(ValueError, match="shuffle_seed shuffles a map-style datasets.Dataset"):
+        tg.partition(rows, "g", tmp_path / "x", progress=False, shuffle_seed=1)

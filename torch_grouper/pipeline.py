@@ -38,6 +38,7 @@ def partition(
     label_column: str | None = None,
     keep_snapshots: int = snapshots.DEFAULT_KEEP,
     features=None,
+    shuffle_seed: int | None = None,
     _stage: "snapshots.Staged | None" = None,
     _part: str | None = None,
 ) -> dict:
@@ -81,6 +82,14 @@ def partition(
             (JSON Lines, iterables), or to override the source's.  Numeric
             sequence and array fields then come back as numpy arrays
             (``torch_grouper.features``).
+        shuffle_seed: shuffle a map-style source (``datasets.Dataset``, or each
+            split of a ``DatasetDict``) with ``Dataset.shuffle(seed=...)``
+            before partitioning, as flwr-datasets' ``FederatedDataset(shuffle=True,
+            seed=...)`` does by default: the same seed gives the same
+            partitions as it, and each group's examples are then in shuffled
+            order.  None (the default): input order, as
+            ``FederatedDataset(shuffle=False)`` and flwr-datasets' bare
+            partitioners.
         keep_snapshots: after the commit, remove all snapshots but this many
             newest ones (the new one and, by default, the one it replaced);
             see ``tg.vacuum``.
@@ -104,9 +113,11 @@ def partition(
             [(name, src, key) for name, src in splits.items()], output, overwrite=overwrite,
             storage_options=storage_options, keep_snapshots=keep_snapshots, num_workers=num_workers,
             shard_size=shard_size, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
-            label_column=label_column, features=features)
+            label_column=label_column, features=features, shuffle_seed=shuffle_seed)
         return dict(zip(splits, manifests))
     t0 = time.perf_counter()
+    if shuffle_seed is not None:
+        source = _preshuffled(source, shuffle_seed)
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     keyfn = key_function(key)
@@ -198,6 +209,16 @@ def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, sha
     write_manifest(fs, folder, manifest)
     snapshots.checkpoint("manifest-written")
     return manifest
+
+
+def _preshuffled(source, seed):
+    import sys
+
+    datasets = sys.modules.get("datasets")
+    if datasets is None or not isinstance(source, datasets.Dataset):
+        raise ValueError(f"shuffle_seed shuffles a map-style datasets.Dataset (or DatasetDict) before "
+                         f"partitioning; got {type(source).__name__}, whose order is its own")
+    return source.shuffle(seed=seed)
 
 
 def _splits_of(source) -> dict | None:
