@@ -65,8 +65,8 @@ def png_bytes():
     return make
 
 
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
+@pytest.fixture(scope="session")
+def s3(monkeypatch_session):
     """An S3 API on 127.0.0.1 (moto's server, started here); yields storage_options."""
     s3fs = pytest.importorskip("s3fs")
     moto_server = pytest.importorskip("moto.server")
@@ -77,15 +77,15 @@ def s3(monkeypatch_module):
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch_module.setenv(k, v)
+        monkeypatch_session.setenv(k, v)
     opts = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "test", "secret": "test"}
-    s3fs.S3FileSystem(**opts).mkdir("bucket")
+    s3fs.S3FileSystem(**opts).mkdir("bucket")  # moto's backend lives in this process: one server per session
     yield opts
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+@pytest.fixture(scope="session")
+def monkeypatch_session():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()

@@ -452,7 +452,15 @@ def test_version_1_datasets_are_read_and_replaced_cleanly(tmp_path):
 
 
 def test_more_than_1000_shards_in_one_write_task(tmp_path):
-    exs = [{"g": f"g{i:05d}", "t": "x" * 300} for i in range(1100)]
+    # 1,100 groups in one hash bucket, so one write task, one shard each
+    ids = []
+    i = 0
+    while len(ids) < 1100:
+        gid = f"g{i}"
+        if fmt.group_hash(gid.encode()) >> fmt.BUCKET_SHIFT == 0:
+            ids.append(gid)
+        i += 1
+    exs = [{"g": gid, "t": "x" * 300} for gid in ids]
     out = tmp_path / "many"
     m = tg.partition(exs, "g", out, shard_size=1, progress=False, num_workers=1)
     names = [s["path"] for s in m["shards"]]
