@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -19,6 +20,15 @@ class ReportingFedAvg(GroupFedAvg):
         super().__init__(*args, **kwargs)
         self.report_path = report_path
         self.losses: dict = {}
+        self._t0 = time.perf_counter()
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._t0 = time.perf_counter()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        self._t0 = time.perf_counter()
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def _record(self, kind, server_round, replies):
         replies = list(replies)
@@ -40,7 +50,8 @@ class ReportingFedAvg(GroupFedAvg):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
             self.losses[("train", server_round)] = metrics["train-loss"]
-            print(f"round {server_round}: train loss {metrics['train-loss']:.4f} ({n} groups)", flush=True)
+            print(f"round {server_round}: train loss {metrics['train-loss']:.4f} ({n} groups, "
+                  f"{time.perf_counter() - self._t0:.1f} s)", flush=True)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):
@@ -48,7 +59,8 @@ class ReportingFedAvg(GroupFedAvg):
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.losses[("evaluate", server_round)] = metrics["eval-loss"]
-            print(f"round {server_round}: eval loss {metrics['eval-loss']:.4f} ({n} groups)", flush=True)
+            print(f"round {server_round}: eval loss {metrics['eval-loss']:.4f} ({n} groups, "
+                  f"{time.perf_counter() - self._t0:.1f} s)", flush=True)
         return metrics
 
 
