@@ -248,10 +248,11 @@ class GroupFedAvg(FedAvg):
     SuperNodes: with a cohort no larger than the connected SuperNodes, each
     group goes to a different SuperNode (a seeded choice per round).  With a
     larger cohort, the messages are dealt to all SuperNodes in turn (message
-    ``k`` to SuperNode ``k mod n`` of a seeded order), so a SuperNode runs
-    ``ceil(cohort / n)`` or ``floor(cohort / n)`` groups one after another in the
-    round; each reply is one group's update and FedAvg weighs it by its
-    ``num-examples``.  ``max_messages_per_node=1`` makes a larger cohort an
+    ``k`` to SuperNode ``k mod n`` of a seeded order), so a SuperNode gets
+    ``ceil(cohort / n)`` or ``floor(cohort / n)`` messages in the round (a
+    SuperNode handles its messages in turn; Flower's simulation engine may
+    spread them over its workers); each reply is one group's update and FedAvg
+    weighs it by its ``num-examples``.  ``max_messages_per_node=1`` makes a larger cohort an
     error instead (``ValueError`` naming both numbers).
 
     Evaluation (``configure_evaluate``) sends ``evaluate_cohort_size`` groups
