@@ -772,6 +772,17 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return Cohorts(self, size, seed=seed, replacement=replacement, weighted=weighted, rounds=rounds,
                        num_threads=num_threads)
 
+    def cohort_ids(self, size: int, *, seed: int = 0, replacement: str = "epoch", weighted: bool = False,
+                   rounds: int | None = None) -> Iterator[list]:
+        """The group ids of ``cohorts(...)``'s rounds, reading no group data: an
+        iterator of lists of ids, the same draws as ``cohorts`` with the same
+        arguments (only the index is read).  For round ``r`` alone, use
+        ``cohorts(...).ids(r)``."""
+        import itertools
+
+        c = self.cohorts(size, seed=seed, replacement=replacement, weighted=weighted, rounds=rounds)
+        return (c.ids(r) for r in (range(rounds) if rounds is not None else itertools.count()))
+
 
 class FlatView(torch.utils.data.IterableDataset):
     """Examples of a GroupedDataset with their group ids (``GroupedDataset.examples``)."""
@@ -865,3 +876,8 @@ class Cohorts:
                 cohort = list(pool.map(fetch, self.rows(self.round)))
                 self.round += 1
                 yield cohort
+
+    def ids(self, r: int) -> list:
+        """Group ids of round ``r``'s cohort, in draw order (no group is read)."""
+        ids = self.ds._columns()["ids"]
+        return [ids[int(i)] for i in self.rows(r)]
