@@ -327,3 +327,28 @@ def test_flower_app_runs_with_flwr_run_offline(tmp_path):
     for r in rows:
         examples = ds[r["group_id"]].examples()
         assert (r["kind"], r["examples"], r["digest"]) == ("train", len(examples), _digest(examples))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_same_partitions_as_federated_dataset(tmp_path, shuffle):
+    """FederatedDataset(shuffle=True, seed=42), its default, equals partition(shuffle_seed=42);
+    FederatedDataset(shuffle=False) equals the unshuffled partition."""
+    from flwr_datasets import FederatedDataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    rows = [{"user": f"u{(i * 7) % 13}", "i": i, "label": i % 3} for i in range(500)]
+    files = tmp_path / "src"
+    files.mkdir()
+    datasets.Dataset.from_list(rows).to_parquet(str(files / "train.parquet"))
+    fds = FederatedDataset(dataset="parquet", data_files={"train": str(files / "train.parquet")},
+                           partitioners={"train": NaturalIdPartitioner(partition_by="user")},
+                           shuffle=shuffle, seed=42)
+    theirs = {}
+    for pid in range(fds.partitioners["train"].num_partitions):
+        part = fds.load_partition(pid, "train")
+        theirs[part[0]["user"]] = part["i"]
+    source = datasets.load_dataset("parquet", data_files={"train": str(files / "train.parquet")})
+    tg.partition(source, "user", tmp_path / "ours", progress=False, shuffle_seed=42 if shuffle else None)
+    ours = {g.id: [e["i"] for e in g] for g in tg.GroupedDataset(tmp_path / "ours" / "train")}
+    assert ours == theirs
+    assert any(v != sorted(v) for v in ours.values()) == shuffle
