@@ -12,7 +12,7 @@ from .pipeline import partition, partition_vertical
 from . import partitioners, transforms
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
-from .tario import TarFormatError
+from .tario import GroupMismatchError, TarFormatError
 from .verify import verify
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "ColumnKey",
     "EncodeError",
     "Group",
+    "GroupMismatchError",
     "GroupedDataset",
     "PartitionError",
     "SourceError",
