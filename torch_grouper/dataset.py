@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from hashlib import blake2b as _blake2b
 import os
 import posixpath
 import threading
@@ -299,7 +300,11 @@ def _checked_members(buf, where: str, base: int):
     """``(name, data, byte offset)`` of each member, as ``iter_members``, after
     checking the tar header checksum of the member and of the record that
     starts its unit (a pax long name): a damaged name or size in a header is
-    an error here, not a member read under another name."""
+    an error here, not a member read under another name.  ``buf`` holds whole
+    members only (a group, or a window cut at an example boundary): bytes
+    after the last member (an end-of-archive block, or records that are not
+    members) are an error too, not members quietly left out."""
+    done = 0
     for unit, name, start, stop in walk(buf, where, base):
         for h in {unit, start - BLOCK}:
             hdr = bytes(buf[h : h + BLOCK])
@@ -314,6 +319,10 @@ def _checked_members(buf, where: str, base: int):
                 raise TarFormatError(f"{where}: byte offset {base + h}: tar header checksum does not match "
                                      f"(corrupt shard)")
         yield name, buf[start:stop], base + start - BLOCK
+        done = stop + (-(stop - start)) % BLOCK
+    if done < len(buf):
+        raise TarFormatError(f"{where}: byte offset {base + done}: {len(buf) - done} bytes after the last member "
+                             f"of the group are not a member (corrupt shard, or an index that does not match it)")
 
 
 def _assemble(members, where: str = "", base: int = 0, hexh: bytes | None = None, gid=None) -> Iterator[dict]:
@@ -543,7 +552,13 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                                      f"{int(cols[c][row])}, must be >= 0 (a damaged or tampered index)")
             if idx["group_id"].null_count:
                 raise ValueError(f"{self.url}: index row {ids.index(None)}: group_id is null (a damaged index)")
-            self._cols = {"ids": ids, "shard_names": list(names), "shard": shard, **cols}
+            t = idx.schema.field("group_id").type
+            kind = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t) else "int" if pa.types.is_integer(t)
+                    else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
+            if kind is None or kind != self.manifest.get("group_id_type", kind):
+                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
+                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
+            self._cols = {"ids": ids, "kind": kind, "shard_names": list(names), "shard": shard, **cols}
         return self._cols
 
     def _group(self, i: int, ranged: bool = False) -> Group:
@@ -552,8 +567,9 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         c = self._columns()
         gid = c["ids"][i]
         n = int(c["num_examples"][i])
-        # members must carry the group's hash in their sample key (checked on every read)
-        hexh = b"%016x_" % fmt.group_hash(fmt.canonical_group_id(gid, fmt.group_id_type(gid)))
+        # members must carry the group's hash in their sample key (checked on every read): the hex
+        # of fmt.group_hash's blake2b-64 digest, as fmt.sample_key writes it, computed in one step
+        hexh = _blake2b(fmt.canonical_group_id(gid, c["kind"]), digest_size=8).hexdigest().encode() + b"_"
         return Group(
             gid, num_examples=n, num_bytes=int(c["num_bytes"][i]), num_words=int(c["num_words"][i]),
             _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]),
