@@ -1,7 +1,8 @@
 """Property-based tests: random examples and group ids round-trip exactly;
-random damage to real shards never gives wrong data.
+random damage to real shards, or an index that does not match them, never
+gives wrong data.
 
-A damaged shard read end to end (streaming, random access, windows, skip)
+A damaged shard (or index) read end to end (streaming, random access, windows, skip)
 gives, for every group, its exact examples or a ``TarFormatError``.  The one
 exception is damage inside a member's payload (its data, or a pax record's
 path): a tar holds no checksum of payloads, so such a change can only be found
@@ -15,6 +16,8 @@ import tempfile
 import warnings
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 import torch_grouper as tg
 from torch_grouper import dataset
+from torch_grouper import format as fmt
 from torch_grouper.tario import BLOCK, walk
 from conftest import groupby, same
 
@@ -129,7 +133,7 @@ def damaged_base(tmp_path_factory):
             payload.append((s, e, r["group_id"], k))
         assert k + 1 == r["num_examples"]
     return {"top": top, "rel": rel, "shard": shard, "raw": raw, "payload": payload, "headers": sorted(headers),
-            "want": groupby(exs, lambda e: e["g"])}
+            "index": index, "want": groupby(exs, lambda e: e["g"])}
 
 
 def _damage_strategy(base):
@@ -140,7 +144,15 @@ def _damage_strategy(base):
     over = st.tuples(st.just("overwrite"), pos, st.binary(min_size=1, max_size=600))
     splice = st.tuples(st.just("insert"), pos, st.binary(min_size=1, max_size=1100))
     cut = st.tuples(st.just("truncate"), pos, st.just(None))
-    return st.lists(flip | over, min_size=1, max_size=3) | st.tuples(splice | cut).map(list)
+    rows = len(base["index"])
+    # an index that does not match the shard: a row moved, resized, swapped with another, or miscounted
+    index = st.tuples(st.just("index"), st.integers(0, rows - 1),
+                      st.sampled_from(["offset", "length", "num_examples", "swap"]).flatmap(
+                          lambda c: st.tuples(st.just(c), st.integers(0, rows - 1) if c == "swap" else
+                                              st.integers(-3, 3) if c == "num_examples" else
+                                              st.integers(-4, 4).map(lambda k: k * BLOCK) | st.integers(-700, 700))))
+    return (st.lists(flip | over, min_size=1, max_size=3) | st.tuples(splice | cut).map(list)
+            | st.lists(index, min_size=1, max_size=2))
 
 
 def _apply(raw, ops):
@@ -149,6 +161,8 @@ def _apply(raw, ops):
     touched = []  # (start, stop) ranges of the original bytes changed in place
     at = None  # a byte offset from which everything moved (insert) or is gone (truncate)
     for kind, p, arg in ops:
+        if kind == "index":
+            continue
         if kind == "flip":
             b[p] ^= arg
             touched.append((p, p + 1))
@@ -208,6 +222,16 @@ def test_damaged_shards_never_give_wrong_data(damaged_base, data):
         shutil.copytree(base["top"], top)
         with open(os.path.join(top, base["rel"], base["shard"]), "wb") as f:
             f.write(raw)
+        rows = [dict(r) for r in base["index"]]
+        for kind, i, (col, arg) in (op for op in ops if op[0] == "index"):
+            if col == "swap":
+                for c in ("offset", "length"):
+                    rows[i][c], rows[arg][c] = rows[arg][c], rows[i][c]
+            else:
+                rows[i][col] = max(0, rows[i][col] + arg)
+        if rows != base["index"]:
+            path = os.path.join(top, base["rel"], fmt.INDEX)
+            pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
         for windows in (False, True):
             with _windows(windows):
                 ds = tg.GroupedDataset(top)
