@@ -168,7 +168,7 @@ def test_num_examples_off_by_one(data, monkeypatch, delta):
 
     rewrite_index(path, change)
     msg = (rf"{re.escape(r['shard'])}: byte offset {r['offset']}: group 'beta' holds "
-           rf"(3|more than 2) examples, the index says {3 + delta}")
+           rf"(3|more than 2) examples \(\d+ bytes of member data\), the index says {3 + delta} \(\d+ bytes\)")
     ds = tg.GroupedDataset(path)
     with pytest.raises(tg.GroupMismatchError, match=msg):
         list(ds["beta"])
@@ -187,6 +187,31 @@ def test_num_examples_off_by_one(data, monkeypatch, delta):
         for ex in g:
             got.append(ex)
     assert len(got) <= 3 + delta  # never more examples than the index says, even before the end
+
+
+def test_group_range_cut_at_a_member_boundary(data, monkeypatch):
+    """An index length that leaves out the last member of the last example
+    (same number of examples): found by the bytes of member data."""
+    path, want = data
+    r = row_of(path, "arr/x")
+    p = os.path.join(dataset_dir(tg.GroupedDataset(path)), r["shard"])
+    raw = open(p, "rb").read()
+    last = max(m.start() for m in re.finditer(rb"[0-9a-f]{16}_\d{18}\.", raw[: r["offset"] + r["length"]]))
+
+    def change(rows):
+        for row in rows:
+            if row["group_id"] == "arr/x":
+                row["length"] = last - row["offset"]
+
+    rewrite_index(path, change)
+    msg = rf"byte offset {r['offset']}: group 'arr/x' holds 3 examples \(\d+ bytes of member data\), the index says 3"
+    with pytest.raises(tg.GroupMismatchError, match=msg):
+        list(tg.GroupedDataset(path)["arr/x"])
+    monkeypatch.setattr(dataset, "WHOLE_READ", 600)
+    monkeypatch.setattr(dataset, "WINDOW", 700)
+    with pytest.raises(tg.GroupMismatchError, match=msg):
+        list(tg.GroupedDataset(path)["arr/x"])
+    check_equal(list(tg.GroupedDataset(path)["arr..y"]), want["arr..y"])
 
 
 @pytest.mark.parametrize("bad", ["../other/shard-00000-000.tar", "/tmp/shard-00000-000.tar",

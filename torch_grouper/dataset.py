@@ -187,20 +187,23 @@ class _Reader:
                 raise
 
     def examples(self, shard: str, offset: int, length: int, ranged: bool, gid, hexh: bytes,
-                 count: int) -> Iterator[dict]:
+                 count: int, nbytes: int) -> Iterator[dict]:
         """The examples of group ``gid`` at ``[offset, offset + length)`` of
         ``shard``, checked: every member's sample key must start with
-        ``hexh`` (the group's hash and ``_``) and there must be ``count``
-        examples; otherwise GroupMismatchError names the shard and offset."""
+        ``hexh`` (the group's hash and ``_``), and there must be ``count``
+        examples holding ``nbytes`` bytes of member data (so a range cut
+        short at a member boundary is found too); otherwise
+        GroupMismatchError names the shard and offset."""
         where = self.where(shard)
         if length <= WHOLE_READ:
-            out = _decode_group(self.read(shard, offset, length, ranged), where, offset, hexh, gid)
-            if len(out) != count:
-                raise _count_mismatch(where, offset, gid, len(out), count)
+            tally = [0]
+            out = _decode_group(self.read(shard, offset, length, ranged), where, offset, hexh, gid, tally)
+            if len(out) != count or tally[0] != nbytes:
+                raise _count_mismatch(where, offset, gid, len(out), count, tally[0], nbytes)
             return iter(out)
-        return self._stream_examples(shard, offset, length, where, ranged, gid, hexh, count)
+        return self._stream_examples(shard, offset, length, where, ranged, gid, hexh, count, nbytes)
 
-    def _stream_examples(self, shard, offset, length, where, ranged, gid, hexh, count):
+    def _stream_examples(self, shard, offset, length, where, ranged, gid, hexh, count, nbytes):
         """Examples of a group too large to read at once: window by window
         (``WINDOW`` bytes, cut at example boundaries), so memory stays bounded
         and each window takes the same fast path as a small group.  The count
@@ -209,26 +212,28 @@ class _Reader:
         pos = offset
         window = WINDOW
         n = 0
+        tally = [0]
         while pos < end:
             chunk = self.read(shard, pos, min(window, end - pos), ranged)
             cut = len(chunk) if pos + len(chunk) == end else _whole_examples(chunk, where, pos)
             if cut == 0:  # one example larger than the window: widen it
                 window *= 2
                 continue
-            part = _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos, hexh, gid)
+            part = _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos, hexh, gid, tally)
             n += len(part)
             if n > count:
-                raise _count_mismatch(where, offset, gid, f"more than {count}", count)
+                raise _count_mismatch(where, offset, gid, f"more than {count}", count, tally[0], nbytes)
             yield from part
             pos += cut
             window = WINDOW
-        if n != count:
-            raise _count_mismatch(where, offset, gid, n, count)
+        if n != count or tally[0] != nbytes:
+            raise _count_mismatch(where, offset, gid, n, count, tally[0], nbytes)
 
 
-def _count_mismatch(where: str, offset: int, gid, n, count: int) -> GroupMismatchError:
-    return GroupMismatchError(f"{where}: byte offset {offset}: group {gid!r} holds {n} examples, the index says "
-                              f"{count}: the index does not match the shard (a mixed-up or altered dataset)")
+def _count_mismatch(where: str, offset: int, gid, n, count: int, got_bytes: int, nbytes: int) -> GroupMismatchError:
+    return GroupMismatchError(f"{where}: byte offset {offset}: group {gid!r} holds {n} examples ({got_bytes} bytes "
+                              f"of member data), the index says {count} ({nbytes} bytes): the index does not "
+                              f"match the shard (a mixed-up or altered dataset)")
 
 
 def _whole_examples(chunk: bytes, where: str, base: int) -> int:
@@ -247,7 +252,7 @@ def _whole_examples(chunk: bytes, where: str, base: int) -> int:
 _scan_json = json.JSONDecoder().scan_once
 
 
-def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None) -> list:
+def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally=None) -> list:
     """All examples of group ``gid`` held in memory (the hot path of streaming).
 
     Equivalent to ``list(_assemble(members, where, base, hexh, gid))`` in one
@@ -255,13 +260,15 @@ def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None) -> l
     key starts with ``hexh``, the group's hash and ``_``); from the first
     member that is anything else it takes the general path, which checks the
     tar header checksums, validates and names the byte offset of any damage
-    (GroupMismatchError for a member of another group).
+    (GroupMismatchError for a member of another group).  ``tally[0]`` (a
+    one-item list) is increased by the bytes of member data decoded.
     """
     out = []
     append = out.append
     pos = 0
     end = len(buf)
     scan = _scan_json
+    total = 0
     try:
         while pos + BLOCK <= end:
             if buf[pos + 257 : pos + 262] != b"ustar" or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
@@ -287,16 +294,21 @@ def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None) -> l
             if stop != len(text) or type(obj) is not dict:
                 break
             append(obj)
+            total += size
             pos = nxt
         else:
+            if tally is not None:
+                tally[0] += total
             return out
     except Exception:  # anything unexpected: the general path validates and names it
         pass
-    out.extend(_assemble(_checked_members(buf[pos:], where, base + pos), where, base, hexh, gid))
+    if tally is not None:
+        tally[0] += total
+    out.extend(_assemble(_checked_members(buf[pos:], where, base + pos, tally), where, base, hexh, gid))
     return out
 
 
-def _checked_members(buf, where: str, base: int):
+def _checked_members(buf, where: str, base: int, tally=None):
     """``(name, data, byte offset)`` of each member, as ``iter_members``, after
     checking the tar header checksum of the member and of the record that
     starts its unit (a pax long name): a damaged name or size in a header is
@@ -318,6 +330,8 @@ def _checked_members(buf, where: str, base: int):
             if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in summed):
                 raise TarFormatError(f"{where}: byte offset {base + h}: tar header checksum does not match "
                                      f"(corrupt shard)")
+        if tally is not None:
+            tally[0] += stop - start
         yield name, buf[start:stop], base + start - BLOCK
         done = stop + (-(stop - start)) % BLOCK
     if done < len(buf):
@@ -573,7 +587,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return Group(
             gid, num_examples=n, num_bytes=int(c["num_bytes"][i]), num_words=int(c["num_words"][i]),
             _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]),
-                  ranged, gid, hexh, n),
+                  ranged, gid, hexh, n, int(c["num_bytes"][i])),
         )
 
     def _apply(self, g):
