@@ -14,7 +14,7 @@ from .snapshots import ConcurrentCommitError, SnapshotNotFoundError, list_snapsh
 from . import partitioners, transforms
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
-from .tario import TarFormatError
+from .tario import GroupMismatchError, TarFormatError
 from .verify import verify
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ConcurrentCommitError",
     "EncodeError",
     "Group",
+    "GroupMismatchError",
     "GroupedDataset",
     "PartitionError",
     "RetryError",

@@ -254,7 +254,32 @@ def decode_field(suffix: str, data):
         name, ext = ext, "bin"
     name = unquote(name)
     if ext == "npy":
-        return name, np.load(io.BytesIO(data), allow_pickle=False)  # object arrays raise ValueError
+        # The header is checked against the member's size before anything is
+        # allocated: a few bytes declaring a huge shape are refused, not tried.
+        f = io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version} is not supported (1.0 and 2.0 are)")
+        if dtype.hasobject:
+            raise ValueError(".npy member holds an object array, which is not loaded (allow_pickle=False: "
+                             "torch_grouper never unpickles shard data)")
+        if any(d < 0 for d in shape):
+            raise ValueError(f".npy header declares a negative shape {shape}")
+        count = 1
+        for d in shape:
+            count *= d
+        have = len(data) - f.tell()
+        if count * dtype.itemsize != have:
+            raise ValueError(f".npy header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes), "
+                             f"but the member holds {have} bytes of data")
+        arr = np.ndarray(count, dtype=dtype)  # as numpy.load does (zero-width dtypes included)
+        if dtype.itemsize:
+            arr[:] = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+        return name, arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
     if ext in PICKLE_EXTS:
         raise ValueError(f"member type .{ext} is a pickle; torch_grouper never unpickles shard data")
     return name, bytes(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from hashlib import blake2b as _blake2b
 import os
 import posixpath
 import threading
@@ -22,7 +23,7 @@ from . import snapshots, views
 from .features import ToArrays, array_fields
 from .codec import decode_field
 from .retry import retry
-from .tario import BLOCK, TarFormatError, iter_members, walk
+from .tario import BLOCK, GroupMismatchError, TarFormatError, walk
 
 _loads = json.loads
 WHOLE_READ = 16 << 20  # groups up to this size are read with one ranged read
@@ -208,28 +209,54 @@ class _Reader:
                         pass
                 raise
 
-    def examples(self, shard: str, offset: int, length: int, ranged: bool = False) -> Iterator[dict]:
+    def examples(self, shard: str, offset: int, length: int, ranged: bool, gid, hexh: bytes,
+                 count: int, nbytes: int) -> Iterator[dict]:
+        """The examples of group ``gid`` at ``[offset, offset + length)`` of
+        ``shard``, checked: every member's sample key must start with
+        ``hexh`` (the group's hash and ``_``), and there must be ``count``
+        examples holding ``nbytes`` bytes of member data (so a range cut
+        short at a member boundary is found too); otherwise
+        GroupMismatchError names the shard and offset."""
         where = self.where(shard)
         if length <= WHOLE_READ:
-            return iter(_decode_group(self.read(shard, offset, length, ranged), where, offset))
-        return self._stream_examples(shard, offset, length, where, ranged)
+            tally = [0]
+            out = _decode_group(self.read(shard, offset, length, ranged), where, offset, hexh, gid, tally)
+            if len(out) != count or tally[0] != nbytes:
+                raise _count_mismatch(where, offset, gid, len(out), count, tally[0], nbytes)
+            return iter(out)
+        return self._stream_examples(shard, offset, length, where, ranged, gid, hexh, count, nbytes)
 
-    def _stream_examples(self, shard, offset, length, where, ranged):
+    def _stream_examples(self, shard, offset, length, where, ranged, gid, hexh, count, nbytes):
         """Examples of a group too large to read at once: window by window
         (``WINDOW`` bytes, cut at example boundaries), so memory stays bounded
-        and each window takes the same fast path as a small group."""
+        and each window takes the same fast path as a small group.  The count
+        is checked as soon as it is exceeded, and at the end of the group."""
         end = offset + length
         pos = offset
         window = WINDOW
+        n = 0
+        tally = [0]
         while pos < end:
             chunk = self.read(shard, pos, min(window, end - pos), ranged)
             cut = len(chunk) if pos + len(chunk) == end else _whole_examples(chunk, where, pos)
             if cut == 0:  # one example larger than the window: widen it
                 window *= 2
                 continue
-            yield from _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos)
+            part = _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos, hexh, gid, tally)
+            n += len(part)
+            if n > count:
+                raise _count_mismatch(where, offset, gid, f"more than {count}", count, tally[0], nbytes)
+            yield from part
             pos += cut
             window = WINDOW
+        if n != count or tally[0] != nbytes:
+            raise _count_mismatch(where, offset, gid, n, count, tally[0], nbytes)
+
+
+def _count_mismatch(where: str, offset: int, gid, n, count: int, got_bytes: int, nbytes: int) -> GroupMismatchError:
+    return GroupMismatchError(f"{where}: byte offset {offset}: group {gid!r} holds {n} examples ({got_bytes} bytes "
+                              f"of member data), the index says {count} ({nbytes} bytes): the index does not "
+                              f"match the shard (a mixed-up or altered dataset)")
 
 
 def _whole_examples(chunk: bytes, where: str, base: int) -> int:
@@ -248,19 +275,23 @@ def _whole_examples(chunk: bytes, where: str, base: int) -> int:
 _scan_json = json.JSONDecoder().scan_once
 
 
-def _decode_group(buf: bytes, where: str, base: int) -> list:
-    """All examples of a group held in memory (the hot path of streaming).
+def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally=None) -> list:
+    """All examples of group ``gid`` held in memory (the hot path of streaming).
 
-    Equivalent to ``list(_assemble(iter_members(buf, where, base)))`` in one
-    tight loop for the common case (one ``KEY.json`` member per example);
-    from the first member that is anything else it takes the general path,
-    which validates and names the byte offset of any damage.
+    Equivalent to ``list(_assemble(members, where, base, hexh, gid))`` in one
+    tight loop for the common case (one ``KEY.json`` member per example whose
+    key starts with ``hexh``, the group's hash and ``_``); from the first
+    member that is anything else it takes the general path, which checks the
+    tar header checksums, validates and names the byte offset of any damage
+    (GroupMismatchError for a member of another group).  ``tally[0]`` (a
+    one-item list) is increased by the bytes of member data decoded.
     """
     out = []
     append = out.append
     pos = 0
     end = len(buf)
     scan = _scan_json
+    total = 0
     try:
         while pos + BLOCK <= end:
             if buf[pos + 257 : pos + 262] != b"ustar" or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
@@ -268,6 +299,8 @@ def _decode_group(buf: bytes, where: str, base: int) -> list:
             name_end = buf.find(b"\0", pos, pos + 100)
             if buf[name_end - 5 : name_end] != b".json" or buf.find(b"/", pos, name_end) >= 0:
                 break
+            if not buf.startswith(hexh, pos):
+                break  # not a member of this group: the general path names it
             size = int(buf[pos + 124 : pos + 135], 8)
             data_end = pos + BLOCK + size
             nxt = data_end + (-size) % BLOCK
@@ -284,29 +317,76 @@ def _decode_group(buf: bytes, where: str, base: int) -> list:
             if stop != len(text) or type(obj) is not dict:
                 break
             append(obj)
+            total += size
             pos = nxt
         else:
+            if tally is not None:
+                tally[0] += total
             return out
-    except (ValueError, IndexError, StopIteration):
+    except Exception:  # anything unexpected: the general path validates and names it
         pass
-    out.extend(_assemble(iter_members(buf[pos:], where, base + pos), where, base))
+    if tally is not None:
+        tally[0] += total
+    out.extend(_assemble(_checked_members(buf[pos:], where, base + pos, tally), where, base, hexh, gid))
     return out
 
 
-def _assemble(members, where: str = "", base: int = 0) -> Iterator[dict]:
+def _checked_members(buf, where: str, base: int, tally=None):
+    """``(name, data, byte offset)`` of each member, as ``iter_members``, after
+    checking the tar header checksum of the member and of the record that
+    starts its unit (a pax long name): a damaged name or size in a header is
+    an error here, not a member read under another name.  ``buf`` holds whole
+    members only (a group, or a window cut at an example boundary): bytes
+    after the last member (an end-of-archive block, or records that are not
+    members) are an error too, not members quietly left out."""
+    done = 0
+    for unit, name, start, stop in walk(buf, where, base):
+        for h in {unit, start - BLOCK}:
+            hdr = bytes(buf[h : h + BLOCK])
+            field = hdr[148:156].rstrip(b"\0 ").lstrip(b" ")
+            summed = hdr[:148] + b"        " + hdr[156:]  # the checksum field counts as spaces
+            unsigned = sum(summed)
+            try:
+                stored = int(field, 8)
+            except ValueError:
+                stored = None
+            if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in summed):
+                raise TarFormatError(f"{where}: byte offset {base + h}: tar header checksum does not match "
+                                     f"(corrupt shard)")
+        if tally is not None:
+            tally[0] += stop - start
+        yield name, buf[start:stop], base + start - BLOCK
+        done = stop + (-(stop - start)) % BLOCK
+    if done < len(buf):
+        raise TarFormatError(f"{where}: byte offset {base + done}: {len(buf) - done} bytes after the last member "
+                             f"of the group are not a member (corrupt shard, or an index that does not match it)")
+
+
+def _assemble(members, where: str = "", base: int = 0, hexh: bytes | None = None, gid=None) -> Iterator[dict]:
     """Group consecutive members with one sample key into example dicts.
 
-    A member that does not decode raises TarFormatError naming the shard,
-    the group's byte offset and the member."""
+    ``members`` yields ``(name, data)`` or ``(name, data, byte offset)``.
+    With ``hexh`` (the group's hash and ``_``), a member whose sample key
+    does not start with it raises GroupMismatchError.  A member that does not
+    decode (whatever the error) raises TarFormatError naming the shard, the
+    byte offset and the member."""
     cur = None
     ex = None
-    for name, data in members:
+    prefix = None if hexh is None else hexh.decode("ascii")
+    for name, data, *at in members:
+        off = at[0] if at else base
         dot = name.find(".")
         if dot <= 0:
-            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} has no KEY.EXT name")
+            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} at byte offset {off} "
+                                 f"has no KEY.EXT name")
         key = name[:dot]
         suffix = name[dot + 1 :]
         if key != cur:
+            if prefix is not None and not key.startswith(prefix):
+                raise GroupMismatchError(
+                    f"{where}: byte offset {off}: member {name!r} is not of group {gid!r} (its sample key "
+                    f"does not start with the group's hash {prefix[:16]}): the index does not match the "
+                    f"shard (a mixed-up or altered dataset)")
             if ex is not None:
                 yield ex
             cur = key
@@ -322,9 +402,9 @@ def _assemble(members, where: str = "", base: int = 0) -> Iterator[dict]:
                     ex = {}
                 k, v = decode_field(suffix, data)
                 ex[k] = v
-        except (ValueError, UnicodeDecodeError, EOFError) as e:
+        except Exception as e:  # ValueError, MemoryError, RecursionError...: all name the member
             raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} does not decode "
-                                 f"(corrupt data?): {e}") from None
+                                 f"(corrupt data?) at byte offset {off}: {type(e).__name__}: {e}") from None
     if ex is not None:
         yield ex
 
@@ -620,30 +700,55 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------- reading
     def _columns(self):
+        """The index as columns, validated: nothing from the data is a path
+        (a shard name must be a plain file name matching the shard pattern)
+        and no offset, length or count is negative."""
         if self._cols is None and self._view:
             self._cols = self._view_columns()
         if self._cols is None:
             idx = self.index
             names: dict = {}  # shard name -> number (plain Python: pyarrow.compute costs 0.2 s to start)
-            shard = np.fromiter((names.setdefault(x, len(names)) for x in idx["shard"].to_pylist()),
+            shards = idx["shard"].to_pylist()
+            shard = np.fromiter((names.setdefault(x, len(names)) for x in shards),
                                 dtype=np.int32, count=idx.num_rows)
-            self._cols = {
-                "ids": idx["group_id"].to_pylist(),
-                "shard_names": list(names),
-                "shard": shard,
-                **{c: _int64_column(idx, c) for c in ("offset", "length", "num_examples", "num_bytes", "num_words")},
-            }
+            ids = idx["group_id"].to_pylist()
+            for name in names:
+                if not (isinstance(name, str) and fmt.SHARD_RE.fullmatch(name)
+                        and posixpath.basename(name) == name and "\\" not in name):
+                    row = shards.index(name)
+                    raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): shard name {name!r} is "
+                                     f"not a shard file name of this dataset (a tampered index?)")
+            cols = {c: _int64_column(idx, c) for c in ("offset", "length", "num_examples", "num_bytes", "num_words")}
+            for c in ("offset", "length", "num_examples"):
+                bad = np.flatnonzero(cols[c] < 0)
+                if bad.size:
+                    row = int(bad[0])
+                    raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): {c} is "
+                                     f"{int(cols[c][row])}, must be >= 0 (a damaged or tampered index)")
+            if idx["group_id"].null_count:
+                raise ValueError(f"{self.url}: index row {ids.index(None)}: group_id is null (a damaged index)")
+            t = idx.schema.field("group_id").type
+            kind = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t) else "int" if pa.types.is_integer(t)
+                    else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
+            if kind is None or kind != self.manifest.get("group_id_type", kind):
+                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
+                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
+            self._cols = {"ids": ids, "kind": kind, "shard_names": list(names), "shard": shard, **cols}
         return self._cols
 
     def _group(self, i: int, ranged: bool = False) -> Group:
         """Group at index row ``i``; ``ranged``: read by one ranged request
         (random access) rather than through the streaming handle."""
         c = self._columns()
+        gid = c["ids"][i]
+        n = int(c["num_examples"][i])
+        # members must carry the group's hash in their sample key (checked on every read): the hex
+        # of fmt.group_hash's blake2b-64 digest, as fmt.sample_key writes it, computed in one step
+        hexh = _blake2b(fmt.canonical_group_id(gid, c["kind"]), digest_size=8).hexdigest().encode() + b"_"
         return Group(
-            c["ids"][i], num_examples=int(c["num_examples"][i]), num_bytes=int(c["num_bytes"][i]),
-            num_words=int(c["num_words"][i]),
+            gid, num_examples=n, num_bytes=int(c["num_bytes"][i]), num_words=int(c["num_words"][i]),
             _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]),
-                  ranged),
+                  ranged, gid, hexh, n, int(c["num_bytes"][i])),
         )
 
     def _apply(self, g):

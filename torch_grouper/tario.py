@@ -20,6 +20,13 @@ class TarFormatError(ValueError):
     """A shard is not a well-formed tar of regular files."""
 
 
+class GroupMismatchError(TarFormatError):
+    """A group read from a shard is not what the index says it is: a member
+    whose sample key is not of the requested group, or another number of
+    examples.  The index and the shards are from different datasets, or one
+    of them was altered."""
+
+
 def _template() -> tuple[bytearray, int]:
     h = bytearray(BLOCK)
     h[100:108] = b"0000644\0"  # mode
