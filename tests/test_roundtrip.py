@@ -78,6 +78,8 @@ def test_hf_dataset_with_features(tmp_path, png_bytes):
     expected = ds.cast_column("img", datasets.Image(decode=False)).with_format("arrow")[:].to_pylist()
     for e in expected:
         e["img"] = e["img"]["bytes"]  # images come back as their encoded bytes
+        e["emb"] = np.asarray(e["emb"], np.float32)  # declared vectors and arrays as numpy arrays
+        e["grid"] = np.asarray(e["grid"], np.int32)
     check(tmp_path / "out", expected, lambda e: e["client"])
     # the image member is a real PNG that stock tools decode
     g = out["c1"]
