@@ -291,16 +291,18 @@ def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tall
     pos = 0
     end = len(buf)
     scan = _scan_json
+    startswith = buf.startswith
     total = 0
     try:
         while pos + BLOCK <= end:
-            if buf[pos + 257 : pos + 262] != b"ustar" or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
+            # startswith(x, at) rather than slices: no new bytes object per member
+            if not startswith(b"ustar", pos + 257) or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
                 break  # not a plain ustar regular file with a short name
-            name_end = buf.find(b"\0", pos, pos + 100)
-            if buf[name_end - 5 : name_end] != b".json" or buf.find(b"/", pos, name_end) >= 0:
-                break
-            if not buf.startswith(hexh, pos):
+            if not startswith(hexh, pos):
                 break  # not a member of this group: the general path names it
+            name_end = buf.find(b"\0", pos, pos + 100)
+            if not buf.endswith(b".json", pos, name_end) or buf.find(b"/", pos, name_end) >= 0:
+                break
             size = int(buf[pos + 124 : pos + 135], 8)
             data_end = pos + BLOCK + size
             nxt = data_end + (-size) % BLOCK
