@@ -445,7 +445,10 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     ``StatefulDataLoader`` calls, in each worker) record the epoch and how many
     groups this reader has delivered; after loading, iteration continues with
     exactly the groups not yet delivered.  The order is recomputed from the
-    index, not replayed, so resuming costs the same anywhere in an epoch.
+    index, not replayed, so resuming costs the same anywhere in an epoch.  A
+    state records the dataset's ``fingerprint`` (its content, and a view's
+    definition) and its snapshot: another dataset's or view's state is
+    refused; a state saved at the end of an epoch continues with a full one.
 
     ``map_groups(fn)`` returns a copy whose groups go through ``fn`` in the
     reader (the DataLoader worker); ``torch_grouper.transforms`` has the FL
