@@ -157,7 +157,7 @@ def main(argv=None):
                     f"{100 * r['data_wait_frac']:.2f}% |")
         summary["runs"].append({"algorithm": alg, "schedule": sched, "val_loss": r["val_loss"],
                                 "before": pl["before"], "after": pl["after"], "data_wait_frac": r["data_wait_frac"],
-                                "train_s": r["train_s"], "eval_s": r.get("eval_s")})
+                                "train_s": r["train_s"], "eval_s": r.get("eval_s"), "per_group": pl["per_group"]})
     med = {k: (pl_of[k]["before"]["median"], pl_of[k]["after"]["median"]) for k in final}
     f1 = all(med["fedavg", s][0] >= med["fedsgd", s][0] - TOL and med["fedavg", s][1] < med["fedsgd", s][1] - TOL
              and (med["fedavg", s][0] - med["fedavg", s][1]) >= 2 * (med["fedsgd", s][0] - med["fedsgd", s][1])
@@ -177,7 +177,7 @@ def main(argv=None):
                 title="FedShakespeare: validation loss (markers) / training loss (thin) per round")
     plot_personalization({f"{alg}\n{sched}": pl_of[alg, sched]["per_group"] for alg, sched in final},
                          os.path.join(a.plots, "fl_personalization.png"),
-                         title="held-out groups: test loss before (grey) / after (blue) personalization")
+                         title="held-out groups: test loss before / after personalization (box: quartiles)")
     with open(os.path.join(a.metrics, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
 

@@ -212,17 +212,20 @@ def plot_personalization(results: dict, path: str, *, title: str = "") -> str:
     """Box plots of per-group held-out loss before / after personalization:
     ``results`` = ``{label: {"before": [...], "after": [...]}}``."""
     plt = _plt()
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
-    data, labels = [], []
-    for label, pl in results.items():
-        data += [pl["before"], pl["after"]]
-        labels += [f"{label}\nbefore", f"{label}\nafter"]
-    box = ax.boxplot(data, showfliers=False, patch_artist=True)
-    for k, patch in enumerate(box["boxes"]):
-        patch.set_facecolor("#cccccc" if k % 2 == 0 else "#88bbee")
-    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6, rotation=30, ha="right")
+    colors = ("#bbbbbb", "#6fa8dc")
+    for k, pl in enumerate(results.values()):
+        for j, part in enumerate(("before", "after")):
+            box = ax.boxplot([pl[part]], positions=[3 * k + j + 1], widths=0.8, showfliers=False,
+                             patch_artist=True)
+            box["boxes"][0].set_facecolor(colors[j])
+    ax.set_xticks([3 * k + 1.5 for k in range(len(results))], list(results), fontsize=7)
+    ax.legend(handles=[Patch(color=c, label=f"{w} personalization") for c, w in zip(colors, ("before", "after"))],
+              fontsize=7)
     ax.set_ylabel("held-out group test loss (nats / char)")
-    ax.set_title(title or "per-group loss before (grey) / after (blue) personalization", fontsize=9)
+    ax.set_title(title or "per-group loss before / after personalization", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
