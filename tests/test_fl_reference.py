@@ -70,6 +70,7 @@ def test_cohort_ids_are_drawn_without_repeats_within_a_pass(shk):
     assert all(len(r) == 4 for r in rounds)
     assert len(set(flat)) == len(flat) == 4 * (n // 4) and set(flat) <= set(view.group_ids())
     assert cohort_ids(view, 4, 3, seed=3) == rounds[:3]
+    assert [[g.id for g in c] for c in view.cohorts(4, seed=3, rounds=3, num_threads=1)] == rounds[:3]
     assert cohort_ids(view, 4, 3, seed=4) != rounds[:3]
 
 

@@ -45,8 +45,10 @@ def cohort_ids(view: tg.GroupedDataset, size: int, rounds: int, *, seed: int = 0
     seeded passes over all groups of ``view`` (no group repeats before every
     group has been drawn), uniform over groups.
 
-    Uses ``Cohorts.rows`` (index rows only) and ``group_ids()``; a public
-    ids-only form of ``GroupedDataset.cohorts`` replaces these two calls."""
+    ``GroupedDataset.cohort_ids`` where the library has it; otherwise the same
+    draws from ``Cohorts.rows`` (index rows only) and ``group_ids()``."""
+    if hasattr(view, "cohort_ids"):
+        return [list(ids) for ids in view.cohort_ids(size, seed=seed, replacement="epoch", rounds=rounds)]
     draw = tg.Cohorts(view, size, seed=seed, replacement="epoch", weighted=False, rounds=None, num_threads=1)
     ids = view.group_ids()
     return [[ids[int(i)] for i in draw.rows(r)] for r in range(rounds)]
