@@ -18,6 +18,7 @@ from .tario import GroupMismatchError, TarFormatError
 from .verify import verify
 
 __all__ = [
+    "__version__",
     "Cohorts",
     "ColumnKey",
     "ConcurrentCommitError",

@@ -245,15 +245,9 @@ def _check_output(fs, root: str, url: str, overwrite: bool):
     base = snapshots.current(fs, root)
     old_v1 = None
     if base is None:
-        mpath = posixpath.join(root, fmt.MANIFEST)
-        try:
-            raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
-        except FileNotFoundError:
-            raw = None
-        if raw is not None:
-            m = fmt.parse_manifest(raw, url)
-            if m.get("layout") != fmt.SNAPSHOT_LAYOUT:
-                old_v1 = m
+        m = snapshots.top_manifest(fs, root, url)
+        if m is not None and m.get("layout") != fmt.SNAPSHOT_LAYOUT:
+            old_v1 = m
     if (base is not None or old_v1 is not None) and not overwrite:
         raise FileExistsError(
             f"{url} already holds a complete torch_grouper dataset; pass overwrite=True to replace it"

@@ -151,19 +151,8 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
     (a conditional PUT where the store has one); ``memory://``: under a
     process-wide lock (the store lives in one process)."""
     if _is_local(fs):
-        d = posixpath.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, path)  # whole, and only if ``path`` does not exist
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _fsync_dir(d)
+        _via_temp(path, data, os.link)  # whole, and only if ``path`` does not exist
+        _fsync_dir(posixpath.dirname(path))
     elif _is_memory(fs):
         with _memory_lock:
             if fs.exists(path):
@@ -172,6 +161,24 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
     else:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         fs.pipe_file(path, data, mode="create")
+
+
+def _via_temp(path: str, data: bytes, place) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then
+    ``place(tmp, path)`` (``os.link``: exclusive; ``os.replace``: atomic);
+    the temporary file never outlives the call."""
+    d = posixpath.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        place(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _fsync_dir(d: str) -> None:
@@ -190,18 +197,7 @@ def _fsync_dir(d: str) -> None:
 def write_whole(fs, path: str, data: bytes) -> None:
     """Replace ``path`` atomically (rename locally; one PUT on object stores)."""
     if _is_local(fs):
-        d = posixpath.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _via_temp(path, data, os.replace)
     else:
         retry(fs.pipe_file, path, data, what=f"write {path}")
 
@@ -357,18 +353,24 @@ class Resolved:
     manifest: dict
 
 
+def top_manifest(fs, root: str, url: str) -> dict | None:
+    """The top-level manifest.json (a version 1 manifest or the version 2
+    marker), or None when there is none."""
+    mpath = posixpath.join(root, fmt.MANIFEST)
+    try:
+        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
+    except FileNotFoundError:
+        return None
+    return fmt.parse_manifest(raw, url)
+
+
 def resolve(fs, root: str, url: str, snapshot: str | None = None) -> Resolved:
     """Find the files of the dataset at ``url`` (current snapshot, or ``snapshot``)."""
     entry = current(fs, root)
     if entry is not None or snapshot is not None:
         return _snapshot_files(fs, root, url, snapshot or entry.snapshot, None, entry, pinned=snapshot)
-    mpath = posixpath.join(root, fmt.MANIFEST)
-    try:
-        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
-    except FileNotFoundError:
-        raw = None
-    if raw is not None:
-        m = fmt.parse_manifest(raw, url)
+    m = top_manifest(fs, root, url)
+    if m is not None:
         if m.get("layout") == fmt.SNAPSHOT_LAYOUT:
             raise ValueError(f"{url} holds no committed snapshot yet: a partition into it is running or did "
                              f"not finish; run it again")

@@ -7,8 +7,8 @@ contiguous, in input order, inside one shard; a shard rolls over at a group
 boundary once it has reached the target size, so one huge group makes one
 large shard and is never split or truncated.
 
-``commit`` writes the index and then the manifest, which is the commit
-point: a directory without ``manifest.json`` is never read as a dataset.
+The index and then the snapshot's manifest are written into the staged
+snapshot folder; the commit itself is ``snapshots.Staged.commit``.
 """
 from __future__ import annotations
 
@@ -262,21 +262,12 @@ def write_index(fs, root: str, table: pa.Table) -> dict:
 
 
 def write_manifest(fs, root: str, manifest: dict) -> None:
-    """The commit point: after this the directory is a complete dataset.
+    """The snapshot's manifest, written whole (a temporary file and a rename on
+    a local disk, one PUT on object stores).  The commit point is the commit
+    log entry that follows (``snapshots.Staged.commit``)."""
+    from .snapshots import write_whole
 
-    Atomic: on a local disk through a temporary file and a rename; on object
-    stores a single PUT, which appears whole or not at all."""
-    path = posixpath.join(root, fmt.MANIFEST)
-    raw = fmt.dump_manifest(manifest)
-    if is_local(fs):
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        retry(fs.pipe_file, path, raw, what=f"write {path}")
+    write_whole(fs, posixpath.join(root, fmt.MANIFEST), fmt.dump_manifest(manifest))
 
 
 def is_local(fs) -> bool:

@@ -25,7 +25,6 @@ only on the data.
 from __future__ import annotations
 
 import errno
-import errno
 import heapq
 import json
 import os
