@@ -65,6 +65,18 @@ def _copy_into(dst, src):
             d.copy_(s)
 
 
+def sgd_step(model, opt, inputs, targets) -> tuple[float, int]:
+    """One optimizer step on a batch's mean token loss; returns (summed loss,
+    tokens).  A batch without target tokens is skipped."""
+    loss, n = token_loss(model, inputs, targets)
+    if n == 0:
+        return 0.0, 0
+    opt.zero_grad(set_to_none=True)
+    (loss / n).backward()
+    opt.step()
+    return loss.item(), n
+
+
 def fedavg_client(global_model, local_model, inputs, targets, *, client_lr: float, batch_size: int,
                   epochs: int = 1, seed: int = 0):
     """Local SGD from the global model; returns (pseudo-gradient list, tokens, mean training loss)."""
@@ -75,14 +87,9 @@ def fedavg_client(global_model, local_model, inputs, targets, *, client_lr: floa
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=gen)
         for s in range(0, len(order), batch_size):
-            b = order[s:s + batch_size]
-            loss, n = token_loss(local_model, inputs[b], targets[b])
-            if n == 0:
-                continue
-            opt.zero_grad(set_to_none=True)
-            (loss / n).backward()
-            opt.step()
-            total, count = total + loss.item(), count + n
+            loss, n = sgd_step(local_model, opt, inputs[order[s:s + batch_size]],
+                               targets[order[s:s + batch_size]])
+            total, count = total + loss, count + n
     with torch.no_grad():
         delta = [g - l for g, l in zip(global_model.parameters(), local_model.parameters())]
     tokens = int((targets != -100).sum())

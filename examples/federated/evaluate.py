@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .algorithms import _copy_into
+from .algorithms import _copy_into, sgd_step
 from .model import token_loss
 
 
@@ -31,12 +31,7 @@ def personalize(global_model, local_model, inputs, targets, *, steps: int, lr: f
             order, pos = torch.randperm(len(inputs), generator=gen), 0
         b = order[pos:pos + batch_size]
         pos += batch_size
-        loss, n = token_loss(local_model, inputs[b], targets[b])
-        if n == 0:
-            continue
-        opt.zero_grad(set_to_none=True)
-        (loss / n).backward()
-        opt.step()
+        sgd_step(local_model, opt, inputs[b], targets[b])
     return local_model
 
 

@@ -138,26 +138,6 @@ def test_partitioner_without_manifest_features(tmp_path):
         GroupedPartitioner(tg.GroupedDataset(out).map_groups(len))
 
 
-@pytest.fixture(scope="module")
-def s3():
-    import moto.server as moto_server  # the test extra has moto and s3fs: no skip here
-    import s3fs
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(k, v)
-    opts = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "test", "secret": "test"}
-    s3fs.S3FileSystem(**opts).mkdir("bucket")
-    yield opts
-    mp.undo()
-    server.stop()
-
-
 def test_partitioner_on_s3(s3, grouped):
     tg.partition(_source(), "user", "s3://bucket/users", num_workers=2, shard_size=2_000, storage_options=s3,
                  progress=False)
