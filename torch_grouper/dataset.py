@@ -21,6 +21,7 @@ import torch.utils.data
 from . import format as fmt
 from . import snapshots, views
 from .features import ToArrays, array_fields
+from .writer import is_local
 from .codec import decode_field
 from .retry import retry
 from .tario import BLOCK, GroupMismatchError, TarFormatError, walk
@@ -113,8 +114,7 @@ def shard_urls(path, storage_options: dict | None = None, *, snapshot: str | Non
     url = os.fspath(path)
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     r = snapshots.resolve(fs, root.rstrip("/") or "/", url, snapshot)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    base = r.root if protocol in ("file", "local") else fs.unstrip_protocol(r.root)
+    base = r.root if is_local(fs) else fs.unstrip_protocol(r.root)
     return [posixpath.join(base, _safe_shard(s["path"], r.url)) for s in r.manifest["shards"]]
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from . import format as fmt
 from .retry import retry
+from .writer import is_local
 
 #: Seconds after which the staged snapshot of a writer that stopped refreshing its
 #: lease counts as abandoned (object stores; local disks use flock instead).
@@ -67,11 +68,6 @@ def checkpoint(step: str) -> None:
 
     Fault-injection tests replace it (in a subprocess) to kill the writer at
     an exact step; see tests/test_snapshots.py."""
-
-
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 def _is_memory(fs) -> bool:
@@ -150,7 +146,7 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
     exclusive); S3 / GCS and other fsspec stores: ``pipe_file(mode="create")``
     (a conditional PUT where the store has one); ``memory://``: under a
     process-wide lock (the store lives in one process)."""
-    if _is_local(fs):
+    if is_local(fs):
         _via_temp(path, data, os.link)  # whole, and only if ``path`` does not exist
         _fsync_dir(posixpath.dirname(path))
     elif _is_memory(fs):
@@ -196,7 +192,7 @@ def _fsync_dir(d: str) -> None:
 
 def write_whole(fs, path: str, data: bytes) -> None:
     """Replace ``path`` atomically (rename locally; one PUT on object stores)."""
-    if _is_local(fs):
+    if is_local(fs):
         _via_temp(path, data, os.replace)
     else:
         retry(fs.pipe_file, path, data, what=f"write {path}")
@@ -235,7 +231,7 @@ class Staged:
         if self.started:
             return
         fs = self.fs
-        if _is_local(fs):
+        if is_local(fs):
             import fcntl
 
             os.makedirs(posixpath.dirname(self.lease_path), exist_ok=True)
@@ -267,7 +263,7 @@ class Staged:
         Raises ConcurrentCommitError (after removing the staged snapshot) when
         another writer committed first."""
         fs = self.fs
-        if not _is_local(fs) and not fs.exists(self.lease_path):
+        if not is_local(fs) and not fs.exists(self.lease_path):
             self.abort()
             raise ConcurrentCommitError(
                 f"{self.url}: the staged snapshot {self.id} was removed as abandoned while it was being "
@@ -313,7 +309,7 @@ class Staged:
             self._thread.join(timeout=5)
             self._thread = None
         try:
-            if _is_local(self.fs):
+            if is_local(self.fs):
                 if self._lock_fd is not None:
                     os.unlink(self.lease_path)
             elif self.fs.exists(self.lease_path):
@@ -418,7 +414,7 @@ def _snapshot_files(fs, root, url, sid, part, entry, pinned=None) -> Resolved:
 
 # ------------------------------------------------------------------ vacuum
 def _lease_alive(fs, lease_path: str, lease: float, now: float) -> bool:
-    if _is_local(fs):
+    if is_local(fs):
         import fcntl
 
         try:
