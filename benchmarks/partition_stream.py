@@ -3,6 +3,7 @@
 
     python benchmarks/partition_stream.py                  # c4s_100k, flwr-datasets + webdataset
     python benchmarks/partition_stream.py --dsgp           # + Dataset Grouper (~5 min)
+    python benchmarks/partition_stream.py --baseline ../v0.2   # + another checkout, interleaved
 
 Measures, for the corpus grouped by URL domain:
   * torch_grouper: partition time, time to stream every example of every group
@@ -11,6 +12,8 @@ Measures, for the corpus grouped by URL domain:
   torch_grouper and flwr-datasets run --repeat times each, interleaved
   runs of neither; the median of each figure is reported;
   * plain webdataset (no groups: write and read every example), the ceiling;
+  * with --baseline DIR, torch_grouper from another checkout (an earlier
+    commit), run interleaved with this one, for before/after ratios;
   * Dataset Grouper 0.3.0 with --dsgp.
 Peers run from the virtual environments named in ../shared/bench/README.md.
 Prints a table and the ratios; numbers from different machines don't compare.
@@ -49,7 +52,7 @@ OURS = textwrap.dedent("""
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({"groups": g, "examples": n, "text_bytes": nbytes, "partition_s": t1 - t0,
                       "iterate_s": t2 - t1, "shards": len(m["shards"]),
-                      "rss_main_mb": me / 1024, "rss_worker_mb": kids / 1024}))
+                      "rss_main_mb": me / 1024, "rss_worker_mb": kids / 1024, "package": tg.__file__}))
 """)
 
 
@@ -83,6 +86,7 @@ def main():
     p.add_argument("--flwr-python", default="/tmp/flvenv/bin/python")
     p.add_argument("--dsgp", action="store_true", help="also run Dataset Grouper (slow)")
     p.add_argument("--dsgp-python", default="/tmp/dgvenv/bin/python")
+    p.add_argument("--baseline", help="another torch_grouper checkout to run interleaved (before/after)")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs of torch_grouper and flwr-datasets; the median of each is reported")
     a = p.parse_args()
@@ -94,9 +98,22 @@ def main():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rows = {}
     try:
-        ours = [json.loads(sh([sys.executable, "-c", OURS, a.corpus, os.path.join(work, "tg"), str(a.workers)],
-                              env=env).strip().splitlines()[-1]) for _ in range(a.repeat)]
+        def ours_once(tree_env):
+            out = sh([sys.executable, "-c", OURS, a.corpus, os.path.join(work, "tg"), str(a.workers)], env=tree_env,
+                     cwd=work)  # not the caller's directory: "-c" puts it first on sys.path
+            return json.loads(out.strip().splitlines()[-1])
+
+        ours, base = [], []
+        base_env = a.baseline and dict(
+            os.environ, PYTHONPATH=os.path.abspath(a.baseline) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for _ in range(a.repeat):
+            ours.append(ours_once(env))
+            if base_env:
+                base.append(ours_once(base_env))
         best = rows["torch_grouper"] = median_run(ours)
+        if base:
+            rows[f"baseline {a.baseline}"] = median_run(base)
+            print(f"this checkout: {best['package']}\nbaseline: {base[0]['package']}")
         if os.path.exists(a.flwr_python):
             runs = []
             for _ in range(a.repeat):
@@ -126,6 +143,10 @@ def main():
     ours_rate = best["examples"] / best["iterate_s"]
     for name, r in rows.items():
         if name == "torch_grouper":
+            continue
+        if name.startswith("baseline "):
+            print(f"vs {name}: partition time ratio {best['partition_s'] / r['partition_s']:.2f}, stream time "
+                  f"ratio {best['iterate_s'] / r['iterate_s']:.2f} (<= 1 is faster; medians of {a.repeat})")
             continue
         print(f"vs {name}: partition time ratio {best['partition_s'] / r['partition_s']:.2f} "
               f"(<= 1 is faster), stream rate {ours_rate / (r['examples'] / r['iterate_s']):.1f}x")
