@@ -89,3 +89,8 @@ def monkeypatch_session():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
+
+
+# gs:// on fake-gcs-server (tests/gcs_server.py); imported here so that gcsfs's gRPC probe is off
+# before anything imports gcsfs, in this process and in every worker it starts
+from gcs_server import gcs  # noqa: E402,F401
