@@ -154,3 +154,32 @@ def test_engine_argument(tmp_path):
         LocalEngine(0)
     with pytest.raises(ValueError, match=r"slice_bytes must be >= 1, got 0"):
         LocalEngine(1, slice_bytes=0)
+
+
+def test_sample_keys_are_format_sample_keys(tmp_path):
+    """map_slice names each example's members ``format.sample_key(group hash,
+    file number, byte offset)`` plus the member's suffix."""
+    import tarfile
+
+    from torch_grouper import format as fmt
+
+    p = tmp_path / "a.jsonl"
+    exs = [{"g": f"u{i % 3}", "i": i, "b": None} for i in range(9)]
+    lines = [json.dumps(e).encode() + b"\n" for e in exs]
+    p.write_bytes(b"".join(lines))
+    offsets = [sum(map(len, lines[:i])) for i in range(len(lines))]
+    src = as_source([str(p), str(p)])  # the second file has file number 1
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    totals = map_all(src, lambda e: e["g"], str(spill), 1 << 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = steps.Job(src, None, str(out), shard_size=1 << 20, memory_budget=1 << 20)
+    names = set()
+    for t in steps.plan_write(job, totals.runs, totals.id_type, 1 << 20, None):
+        for sh in steps.write_task(t)[1]:
+            with tarfile.open(out / sh["path"]) as tf:
+                names |= set(tf.getnames())
+    expect = {fmt.sample_key(fmt.group_hash(fmt.canonical_group_id(e["g"], "str")), fno, off) + ".json"
+              for fno in (0, 1) for e, off in zip(exs, offsets)}
+    assert names == expect and len(names) == 18
