@@ -10,11 +10,10 @@ from conftest import mixed_examples
 
 
 def test_byte_identical_for_1_2_3_workers(tmp_path, monkeypatch):
-    from torch_grouper import sources
-    from torch_grouper.engines import local
+    from torch_grouper.engines import LocalEngine
 
-    monkeypatch.setattr(sources, "SLICE_BYTES", 50_000)  # ~20 slices, cut differently per worker count
-    monkeypatch.setattr(local, "TASK_MIN_BYTES", 200_000)  # several write tasks
+    # ~20 slices, cut differently per worker count; several write tasks
+    engine = lambda w: LocalEngine(num_workers=w, slice_bytes=50_000, task_min_bytes=200_000)  # noqa: E731
     src = tmp_path / "src.jsonl"
     exs = [{"url": f"https://s{(i * 7919) % 97}.example.org/{i}", "text": "a b " * (i % 40), "i": i}
            for i in range(6000)]
@@ -23,7 +22,7 @@ def test_byte_identical_for_1_2_3_workers(tmp_path, monkeypatch):
     for w in (1, 2, 3):
         out = tmp_path / f"w{w}"
         # a small memory budget forces several spilled runs per worker
-        tg.partition(src, tg.UrlDomainKey(), out, num_workers=w, shard_size=100_000,
+        tg.partition(src, tg.UrlDomainKey(), out, engine=engine(w), shard_size=100_000,
                      memory_budget=200_000, progress=False)
         outs.append(digest(out))
     assert len(outs[0]) > 8  # several tasks' shards + index + manifest

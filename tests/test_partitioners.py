@@ -298,14 +298,13 @@ ALL = {
 def test_same_assignment_for_any_workers_and_source_kind(tmp_path, name, monkeypatch):
     """Byte-identical output for 1/2/3 workers over a JSON Lines file cut into many
     slices, and the same groups from a map-style dataset and its streaming form."""
-    from torch_grouper import sources
+    from torch_grouper.engines import LocalEngine
 
-    monkeypatch.setattr(sources, "SLICE_BYTES", 20_000)
     exs = labelled()
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps(e) + "\n" for e in exs))
     for w in (1, 2, 3):
-        run(tmp_path, src, ALL[name](), f"w{w}", workers=w)
+        tg.partition(src, ALL[name](), tmp_path / f"w{w}", engine=LocalEngine(w, slice_bytes=20_000), progress=False)
     assert digest(tmp_path / "w1") == digest(tmp_path / "w2") == digest(tmp_path / "w3")
     hf = datasets.Dataset.from_list(exs)
     _, g_map = run(tmp_path, hf, ALL[name](), "map")

@@ -118,14 +118,14 @@ def test_file_sources(tmp_path):
 def test_large_jsonl_split_in_byte_ranges(tmp_path, monkeypatch):
     """A file cut into many byte-range slices loses and duplicates no line (incl. a BOM and CRLF)."""
     from torch_grouper import sources
+    from torch_grouper.engines import LocalEngine
 
-    monkeypatch.setattr(sources, "SLICE_BYTES", 997)
     exs = [{"g": i % 17, "t": "z" * (i % 50), "i": i} for i in range(4000)]
     body = "\ufeff" + "".join(json.dumps(e) + ("\r\n" if e["i"] % 2 else "\n") for e in exs)
     (tmp_path / "big.jsonl").write_text(body, encoding="utf-8")
-    tg.partition(tmp_path / "big.jsonl", "g", tmp_path / "o", num_workers=2, progress=False)
+    tg.partition(tmp_path / "big.jsonl", "g", tmp_path / "o", engine=LocalEngine(2, slice_bytes=997), progress=False)
     check(tmp_path / "o", exs, lambda e: e["g"])
-    assert len(sources.as_source(str(tmp_path / "big.jsonl")).slices) > 10
+    assert len(sources.as_source(str(tmp_path / "big.jsonl"), slice_bytes=997).slices) > 10
 
 
 def test_empty_source(tmp_path):

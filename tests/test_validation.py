@@ -428,15 +428,17 @@ def sample_positions(out):
 def check_across_workers(tmp_path, paths, exs, positions, monkeypatch):
     from torch_grouper import sources
 
-    monkeypatch.setattr(sources, "SLICE_BYTES", 3000)
-    cuts = {w: [s[:-1] for s in sources.as_source([str(p) for p in paths], parallelism=w).slices] for w in (1, 2, 3)}
-    per_file = {w: Counter(s[1] for s in cuts[w]) for w in cuts}
+    from torch_grouper.engines import LocalEngine
+
+    cuts = {w: sources.as_source([str(p) for p in paths], parallelism=w, slice_bytes=3000).slices for w in (1, 2, 3)}
+    per_file = {w: Counter(s.url for s in cuts[w]) for w in cuts}
     # the first file is cut into another number of slices for another worker count
     assert len({per_file[w][str(paths[0])] for w in cuts}) > 1
     digests = {}
     for w in (1, 2, 3):
         out = tmp_path / f"w{w}"
-        tg.partition([str(p) for p in paths], "g", out, num_workers=w, shard_size=4000, progress=False)
+        tg.partition([str(p) for p in paths], "g", out, engine=LocalEngine(w, slice_bytes=3000), shard_size=4000,
+                     progress=False)
         digests[w] = dataset_files(out)
         assert reads_as(out, exs, lambda e: e["g"])
         got = sample_positions(out)

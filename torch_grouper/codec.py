@@ -23,6 +23,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from .tario import member, member_bytes
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff")
 PICKLE_EXTS = ("pickle", "pkl", "pyd", "pth", "pt")
 
@@ -245,6 +247,20 @@ def encode(ex: dict, image_fields=(), raw_json: bytes | None = None):
     for _, d in members:
         nbytes += len(d)
     return members, nbytes, words
+
+
+def encode_sample(key: str, ex: dict, image_fields=(), raw_json: bytes | None = None):
+    """One example as the bytes of its tar members under sample key ``key``.
+    Returns ``(tar bytes, num_bytes, num_words)``; raises ``EncodeError``.
+
+    With ``raw_json`` (the JSON text ``ex`` was parsed from, so it holds JSON
+    values only), the example is the line as it is, one ``KEY.json`` member:
+    the fast path of JSON Lines sources, the same bytes ``encode`` gives."""
+    if raw_json is not None:
+        return member_bytes(key + ".json", raw_json), len(raw_json), count_example_words(ex)
+    members, nbytes, nwords = encode(ex, image_fields, raw_json)
+    key += "."
+    return b"".join(c for suffix, data in members for c in member(key + suffix, data)), nbytes, nwords
 
 
 def decode_field(suffix: str, data):

@@ -139,6 +139,18 @@ def sample_key(ghash: int, file_no: int, position: int) -> str:
     return f"{ghash:016x}_{file_no:05d}{position:013d}"
 
 
+def sample_key_prefix(ghash: int) -> str:
+    """The group part of ``sample_key``: the 16 hex digits of the hash.  Made
+    once per group; ``sample_key_at`` adds each example's position."""
+    return f"{ghash:016x}"
+
+
+def sample_key_at(prefix: str, file_no: int, position: int) -> str:
+    """``sample_key(ghash, file_no, position)`` from ``sample_key_prefix(ghash)``
+    (the per-example form, run once per example written)."""
+    return f"{prefix}_{file_no:05d}{position:013d}"
+
+
 # --------------------------------------------------------------------- index
 def index_schema(kind: str) -> pa.Schema:
     gid_type = {"str": pa.string(), "int": pa.int64(), "bytes": pa.binary()}[kind]

@@ -12,7 +12,8 @@ import json
 import math
 import warnings
 from bisect import bisect_right
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -121,9 +122,70 @@ class Partitioner:
     def __call__(self, ex):
         raise TypeError(f"{type(self).__name__} is applied by torch_grouper.partition(source, key=partitioner)")
 
+    def params(self) -> dict:
+        """The parameters the manifest records (``describe``).  Built-in
+        partitioners list theirs; this default takes each constructor
+        parameter the instance holds under its own name, and ``label_column``."""
+        return _init_params(self, extra=("label_column",))
+
     def describe(self) -> dict:
-        params = {k.lstrip("_"): v for k, v in vars(self).items() if not k.startswith("_plan")}
-        return {"type": type(self).__name__, **{k: _plain(v) for k, v in params.items()}}
+        return {"type": type(self).__name__, **{k: _plain(v) for k, v in self.params().items()}}
+
+
+class SliceStart(NamedTuple):
+    """Where one slice starts in a fitted partitioner's numbering: the global
+    index of its first example and, per label, the rank of its first example
+    among that label's examples.  With it, any worker assigns the slice's
+    examples alone."""
+
+    index: int
+    ranks: dict
+
+
+@dataclass
+class FitResult:
+    starts: list  # one SliceStart per slice, in slice order
+    num_examples: int
+    num_labels: int  # distinct labels counted (0 without a label column or when values are collected)
+
+
+def fit_partitioner(partitioner: "Partitioner", per_slice: list) -> FitResult:
+    """Fit ``partitioner`` on a first pass over the source: ``per_slice`` holds
+    one ``(examples, counts)`` per slice, in slice order, where ``counts`` is
+    ``{label: count}`` in first-seen order (or, for a partitioner that
+    ``collect_values``, the list of the label column's values)."""
+    starts = []
+    total = 0
+    if partitioner.collect_values:
+        values: list = []
+        for n, vals in per_slice:
+            starts.append(SliceStart(total, {}))
+            total += n
+            values.extend(vals)
+        partitioner.fit(total, values)
+        return FitResult(starts, total, 0)
+    totals: dict = {}
+    for n, counts in per_slice:
+        starts.append(SliceStart(total, dict(totals)))
+        total += n
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+    partitioner.fit(total, totals)
+    return FitResult(starts, total, len(totals))
+
+
+def _init_params(obj, extra=()) -> dict:
+    """Constructor parameters that ``obj`` holds as attributes of the same name."""
+    import inspect
+
+    held = vars(obj)
+    names = [n for n, p in inspect.signature(type(obj).__init__).parameters.items()
+             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    out = {n: held[n] for n in names if n in held}
+    for n in extra:
+        if getattr(obj, n, None) is not None:
+            out.setdefault(n, getattr(obj, n))
+    return out
 
 
 def _plain(v):
@@ -153,8 +215,8 @@ def _sorted_labels(label_counts: dict, column: str) -> list:
     try:
         return sorted(label_counts)
     except TypeError:
-        kinds = sorted({type(k).__name__ for k in label_counts})
-        raise ValueError(f"labels in column {column!r} cannot be sorted (types {kinds})") from None
+        types = sorted({type(k).__name__ for k in label_counts})
+        raise ValueError(f"labels in column {column!r} cannot be sorted (types {types})") from None
 
 
 class _Contiguous(Partitioner):
@@ -181,6 +243,9 @@ class IidPartitioner(_Contiguous):
         _check_positive("num_partitions", num_partitions)
         self._num_partitions = num_partitions
 
+    def params(self):
+        return {"num_partitions": self._num_partitions}
+
     def _sizes(self, n):
         if self._num_partitions > n:
             raise ValueError(f"IidPartitioner: num_partitions={self._num_partitions} is more than the "
@@ -196,6 +261,9 @@ class SizePartitioner(_Contiguous):
     def __init__(self, partition_sizes):
         self._partition_sizes = _check_sizes(partition_sizes)
         self._num_partitions = len(self._partition_sizes)
+
+    def params(self):
+        return {"partition_sizes": self._partition_sizes, "num_partitions": self._num_partitions}
 
     def _sizes(self, n):
         total = sum(self._partition_sizes)
@@ -217,6 +285,9 @@ class IdToSizeFncPartitioner(_Contiguous):
         _check_positive("num_partitions", num_partitions)
         self._num_partitions = num_partitions
         self._partition_id_to_size_fn = partition_id_to_size_fn
+
+    def params(self):
+        return {"num_partitions": self._num_partitions, "partition_id_to_size_fn": self._partition_id_to_size_fn}
 
     def _sizes(self, n):
         units = np.asarray(self._partition_id_to_size_fn(
@@ -290,6 +361,11 @@ class DirichletPartitioner(_ByLabel):
         self._shuffle = shuffle
         self._seed = seed
 
+    def params(self):
+        return {"num_partitions": self._num_partitions, "label_column": self.label_column, "alpha": self._alpha,
+                "min_partition_size": self._min_partition_size, "self_balancing": self._self_balancing,
+                "shuffle": self._shuffle, "seed": self._seed}
+
     def fit(self, num_examples, label_counts):
         n, parts = num_examples, self._num_partitions
         if parts * self._min_partition_size > n:
@@ -316,7 +392,6 @@ class DirichletPartitioner(_ByLabel):
                 plan[k] = (cuts.tolist(), list(range(parts)))
             if sizes.min() >= self._min_partition_size:
                 self._plan = plan
-                self._plan_sizes = sizes.tolist()
                 return
         raise ValueError(
             f"DirichletPartitioner: after 11 draws from Dir(alpha) some partition still had fewer than "
@@ -345,6 +420,11 @@ class PathologicalPartitioner(_ByLabel):
         self._class_assignment_mode = class_assignment_mode
         self._shuffle = shuffle
         self._seed = seed
+
+    def params(self):
+        return {"num_partitions": self._num_partitions, "label_column": self.label_column,
+                "num_classes_per_partition": self._num_classes_per_partition,
+                "class_assignment_mode": self._class_assignment_mode, "shuffle": self._shuffle, "seed": self._seed}
 
     def fit(self, num_examples, label_counts):
         labels = _sorted_labels(label_counts, self.label_column)
@@ -393,7 +473,6 @@ class PathologicalPartitioner(_ByLabel):
             warnings.warn(f"PathologicalPartitioner: labels {unused} are in no partition; their "
                           f"examples are left out", stacklevel=2)
         self._plan = plan
-        self._plan_labels = chosen
 
 
 class ShardPartitioner(Partitioner):
@@ -422,6 +501,11 @@ class ShardPartitioner(Partitioner):
         self._keep_incomplete_shard = keep_incomplete_shard
         self._shuffle = shuffle
         self._seed = seed
+
+    def params(self):
+        return {"num_partitions": self._num_partitions, "label_column": self.label_column,
+                "num_shards_per_partition": self._num_shards_per_partition, "shard_size": self._shard_size,
+                "keep_incomplete_shard": self._keep_incomplete_shard, "shuffle": self._shuffle, "seed": self._seed}
 
     def fit(self, num_examples, label_counts):
         n, parts = num_examples, self._num_partitions
@@ -462,7 +546,6 @@ class ShardPartitioner(Partitioner):
         self._plan_first = first
         self._plan_owner = owner
         self._plan_size = size
-        self._plan_n = n
 
     def assign(self, ex, index, rank):
         pos = self._plan_first[ex[self.label_column]] + rank
@@ -484,6 +567,13 @@ class GroupedNaturalIdPartitioner(Partitioner):
         self._group_size = group_size
         self._mode = mode
         self._sort_unique_ids = sort_unique_ids
+
+    def params(self):
+        p = {"label_column": self.label_column, "group_size": self._group_size, "mode": self._mode,
+             "sort_unique_ids": self._sort_unique_ids}
+        if hasattr(self, "_num_partitions"):  # known once fitted
+            p["num_partitions"] = self._num_partitions
+        return p
 
     def fit(self, num_examples, label_counts):
         ids = list(label_counts)
@@ -533,6 +623,10 @@ class InnerDirichletPartitioner(Partitioner):
         self._alpha = alpha
         self._shuffle = shuffle
         self._seed = seed
+
+    def params(self):
+        return {"partition_sizes": self._partition_sizes, "num_partitions": self._num_partitions,
+                "label_column": self.label_column, "alpha": self._alpha, "shuffle": self._shuffle, "seed": self._seed}
 
     def fit(self, num_examples, label_counts):
         if sum(self._partition_sizes) != num_examples:
@@ -597,6 +691,10 @@ class ContinuousPartitioner(Partitioner):
         self._shuffle = shuffle
         self._seed = seed
 
+    def params(self):
+        return {"num_partitions": self._num_partitions, "label_column": self.label_column,
+                "strictness": self._strictness, "shuffle": self._shuffle, "seed": self._seed}
+
     def fit(self, num_examples, values):
         if self._num_partitions > num_examples:
             raise ValueError(f"ContinuousPartitioner: num_partitions={self._num_partitions} is more than "
@@ -643,6 +741,10 @@ class DirichletProcessPartitioner(Partitioner):
         self._alpha = float(alpha)
         self._seed = int(seed)
 
+    def params(self):
+        return {"num_partitions": self._num_partitions, "label_column": self.label_column, "alpha": self._alpha,
+                "seed": self._seed}
+
     def fit(self, num_examples, label_counts):
         cdfs = {}
         for lab in label_counts:
@@ -682,6 +784,13 @@ class DistributionPartitioner(_ByLabel):
         self._rescale = rescale
         self._shuffle = shuffle
         self._seed = seed
+
+    def params(self):
+        return {"distribution_array": self._distribution_array, "num_partitions": self._num_partitions,
+                "num_unique_labels_per_partition": self._num_unique_labels_per_partition,
+                "label_column": self.label_column,
+                "preassigned_num_samples_per_label": self._preassigned_num_samples_per_label,
+                "rescale": self._rescale, "shuffle": self._shuffle, "seed": self._seed}
 
     def fit(self, num_examples, label_counts):
         labels = _sorted_labels(label_counts, self.label_column)
@@ -791,8 +900,13 @@ class _Vertical:
             p.extend(self._shared_columns)
         return parts
 
+    def params(self) -> dict:
+        return {"active_party_columns": self._active_party_columns,
+                "active_party_columns_mode": self._active_party_columns_mode, "drop_columns": self._drop_columns,
+                "shared_columns": self._shared_columns, "shuffle": self._shuffle, "seed": self._seed}
+
     def describe(self) -> dict:
-        return {"type": type(self).__name__, **{k.lstrip("_"): _plain(v) for k, v in vars(self).items()}}
+        return {"type": type(self).__name__, **{k: _plain(v) for k, v in self.params().items()}}
 
 
 class VerticalEvenPartitioner(_Vertical):
@@ -805,6 +919,9 @@ class VerticalEvenPartitioner(_Vertical):
         self._num_partitions = num_partitions
         super().__init__(active_party_columns, active_party_columns_mode, drop_columns, shared_columns,
                          shuffle, seed)
+
+    def params(self):
+        return {"num_partitions": self._num_partitions, **super().params()}
 
     def _split(self, columns):
         div, mod = divmod(len(columns), self._num_partitions)
@@ -832,6 +949,9 @@ class VerticalSizePartitioner(_Vertical):
         self._partition_sizes = sizes
         super().__init__(active_party_columns, active_party_columns_mode, drop_columns, shared_columns,
                          shuffle, seed)
+
+    def params(self):
+        return {"partition_sizes": self._partition_sizes, **super().params()}
 
     def _split(self, columns):
         sizes, n = self._partition_sizes, len(columns)

@@ -11,7 +11,7 @@ import fsspec
 from . import format as fmt
 from . import snapshots
 from ._version import __version__
-from .engines import local
+from .engines import Job, resolve_engine
 from .features import features_dict
 from .partitioners import describe_key, key_function
 from .retry import retry
@@ -39,6 +39,7 @@ def partition(
     keep_snapshots: int = snapshots.DEFAULT_KEEP,
     features=None,
     shuffle_seed: int | None = None,
+    engine="local",
     _stage: "snapshots.Staged | None" = None,
     _part: str | None = None,
 ) -> dict:
@@ -90,6 +91,10 @@ def partition(
             order.  None (the default): input order, as
             ``FederatedDataset(shuffle=False)`` and flwr-datasets' bare
             partitioners.
+        engine: ``"local"`` (a ``torch_grouper.engines.LocalEngine`` with
+            ``num_workers``), or an engine object such as
+            ``LocalEngine(num_workers=4, slice_bytes=...)`` (then leave
+            ``num_workers`` out).  The output is the same for any engine.
         keep_snapshots: after the commit, remove all snapshots but this many
             newest ones (the new one and, by default, the one it replaced);
             see ``tg.vacuum``.
@@ -113,7 +118,7 @@ def partition(
             [(name, src, key) for name, src in splits.items()], output, overwrite=overwrite,
             storage_options=storage_options, keep_snapshots=keep_snapshots, num_workers=num_workers,
             shard_size=shard_size, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
-            label_column=label_column, features=features, shuffle_seed=shuffle_seed)
+            label_column=label_column, features=features, shuffle_seed=shuffle_seed, engine=engine)
         return dict(zip(splits, manifests))
     t0 = time.perf_counter()
     if shuffle_seed is not None:
@@ -133,15 +138,10 @@ def partition(
         stage = snapshots.Staged(fs, root, out_url, base)
     else:
         stage = _stage
-    if num_workers is None:
-        num_workers = os.cpu_count() or 1
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    src = as_source(source, storage_options, num_workers)
+    engine = resolve_engine(engine, num_workers)
+    src = as_source(source, storage_options, engine.num_workers, slice_bytes=engine.slice_bytes)
     if features is not None:
         src.features = features_dict(features)
-    if src.slices:
-        num_workers = min(num_workers, len(src.slices))
 
     if label_column is None and getattr(keyfn, "label_stats", False):
         label_column = keyfn.label_column
@@ -153,14 +153,14 @@ def partition(
         fs.makedirs(folder, exist_ok=True)
 
     try:
-        n, kind, results, dropped = local.run(
-            src, keyfn, stage.part_url(_part), num_workers=num_workers, shard_size=shard_size,
-            memory_budget=memory_budget, storage_options=storage_options, tmp_dir=tmp_dir,
-            progress=progress, before_write=before_write, stats_column=label_column,
-        )
+        res = engine.run(Job(
+            src, keyfn, stage.part_url(_part), shard_size=shard_size, memory_budget=memory_budget,
+            storage_options=storage_options, tmp_dir=tmp_dir, progress=progress, label_column=label_column,
+            before_write=before_write,
+        ))
         before_write()  # an empty source still makes a (complete, empty) dataset
-        manifest = _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size,
-                                         label_column, _part)
+        manifest = _write_snapshot_files(fs, folder, src, keyfn, res.num_examples, res.id_type, res.written,
+                                         res.num_dropped, shard_size, label_column, _part)
         if own:
             stage.commit()
     except BaseException:
@@ -174,12 +174,12 @@ def partition(
     return manifest
 
 
-def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, shard_size, label_column,
+def _write_snapshot_files(fs, folder, src, keyfn, n, id_type, results, dropped, shard_size, label_column,
                           part=None) -> dict:
     """The index, then the snapshot's manifest (no timestamps, no snapshot id:
     the same input gives the same bytes)."""
     shards = [s for _, sh in results for s in sh]
-    index = index_table([rows for rows, _ in results], kind)
+    index = index_table([rows for rows, _ in results], id_type)
     index_info = write_index(fs, folder, index)
     num_bytes = int(sum(int(rows["num_bytes"].sum()) for rows, _ in results))
     manifest = {
@@ -190,7 +190,7 @@ def _write_snapshot_files(fs, folder, src, keyfn, n, kind, results, dropped, sha
         "num_examples": n,
         "num_dropped": dropped,
         "num_bytes": num_bytes,
-        "group_id_type": kind,
+        "group_id_type": id_type,
         "features": src.features,
         "partition": {
             "key": json_safe(describe_key(keyfn)),

@@ -66,6 +66,15 @@ def _header(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
     return b"".join((name.ljust(100, b"\0"), _MID, sf, _MTIME, b"%06o\0 " % chk, _TAIL[typeflag]))
 
 
+def member_bytes(name: str, data: bytes) -> bytes:
+    """One tar member (header, data, padding) as one bytes object."""
+    bname = name.encode("utf-8")
+    n = len(data)
+    if len(bname) <= 100:
+        return b"".join((_header(bname, n), data, _PADS[n % BLOCK]))
+    return b"".join(member(name, data))
+
+
 def member(name: str, data: bytes) -> list[bytes]:
     """The byte chunks of one tar member (header, data, padding)."""
     bname = name.encode("utf-8")
