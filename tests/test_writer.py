@@ -184,3 +184,85 @@ def test_abort_on_a_local_disk_closes_the_open_shard(tmp_path):
     w.abort()
     assert f.closed and w.file is None and w.shards == []
     w.abort()  # twice is harmless
+
+
+def test_partition_shard_bytes_and_its_deprecated_alias(tmp_path):
+    import warnings
+
+    import torch_grouper as tg
+    from helpers import digest
+
+    exs = [{"g": f"u{i % 11}", "t": "x" * (i % 97)} for i in range(400)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name warns about nothing
+        m = tg.partition(exs, "g", tmp_path / "new", shard_bytes=2_000, num_workers=1, progress=False)
+    assert m["partition"]["shard_size"] == 2_000 and len(m["shards"]) > 3  # the manifest key of the format
+    assert all(s["num_bytes"] >= 2_000 for s in m["shards"][:-1])
+    with pytest.warns(DeprecationWarning, match=r"shard_size=\.\.\.\) is deprecated; use shard_bytes="):
+        tg.partition(exs, "g", tmp_path / "old", shard_size=2_000, num_workers=1, progress=False)
+    assert digest(tmp_path / "old") == digest(tmp_path / "new")
+    with pytest.raises(TypeError, match="pass shard_bytes only"):
+        tg.partition(exs, "g", tmp_path / "both", shard_bytes=2_000, shard_size=2_000, progress=False)
+    with pytest.raises(ValueError, match="shard_bytes must be positive, got 0"):
+        tg.partition(exs, "g", tmp_path / "zero", shard_bytes=0, progress=False)
+    assert not (tmp_path / "both").exists() and not (tmp_path / "zero").exists()
+    splits = tg.partition({"a": exs[:200], "b": exs[200:]}, "g", tmp_path / "splits", shard_bytes=1_000,
+                          num_workers=1, progress=False)
+    assert {s: m["partition"]["shard_size"] for s, m in splits.items()} == {"a": 1_000, "b": 1_000}
+    assert tg.partition(exs[:5], "g", tmp_path / "default", progress=False)["partition"]["shard_size"] == 256 << 20
+
+
+def test_the_write_path_imports_no_read_side_module():
+    """partition() and everything it imports, followed through the package's
+    relative imports, reaches neither stats (reporting) nor the reader."""
+    import ast
+
+    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "torch_grouper")
+
+    def imports(mod):
+        path = os.path.join(pkg, *mod.split(".")) + ".py"
+        if not os.path.exists(path):
+            path = os.path.join(pkg, *mod.split("."), "__init__.py")
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        base = mod.split(".")[:-1]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                parent = base[:len(base) - node.level + 1]
+                target = parent + (node.module.split(".") if node.module else [])
+                for alias in node.names:
+                    sub = ".".join(target + [alias.name])
+                    if os.path.exists(os.path.join(pkg, *sub.split(".")) + ".py"):
+                        yield sub
+                    elif target:
+                        yield ".".join(target)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n == "torch_grouper" or n.startswith("torch_grouper.") for n in names), \
+                    f"{mod} imports the package by its name"
+
+    seen, todo = set(), ["pipeline"]
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo.extend(imports(mod))
+    assert {"writer", "labels", "format", "_version", "engines.local", "sources"} <= seen
+    assert not seen & {"stats", "dataset", "views", "verify", "flower", "transforms"}, sorted(seen)
+
+
+def test_no_module_imports_the_package_face():
+    """Modules import each other, never ``torch_grouper`` itself (its
+    ``__init__`` imports them all); ``__version__`` comes from ``_version``."""
+    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "torch_grouper")
+    bad = []
+    for dirpath, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                for no, line in enumerate(open(path, encoding="utf-8"), 1):
+                    code = line.split("#")[0].strip()
+                    if (code.startswith(("import torch_grouper", "from torch_grouper"))
+                            or code.startswith(("from . import __version__", "from .. import __version__"))):
+                        bad.append(f"{os.path.relpath(path, pkg)}:{no}: {code}")
+    assert bad == []
