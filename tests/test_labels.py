@@ -1,5 +1,6 @@
 """The label maths (torch_grouper.labels) against hand-computed values, and its
 properties; the label counts a partition records match collections.Counter."""
+import json
 import math
 from collections import Counter
 
@@ -90,7 +91,12 @@ def test_identical_groups_are_at_distance_zero(groups):
 
 def test_partition_label_counts_match_counter(tmp_path):
     exs = [{"g": f"u{(i * 7) % 13}", "y": [3, "cat", True, None, 2.5, "10"][(i * i + i // 5) % 6]} for i in range(900)]
-    m = tg.partition(exs, "g", tmp_path / "d", label_column="y", num_workers=2, shard_bytes=4_000,
+    files = []
+    for k in range(3):  # three files: a group's examples come in several pieces, whose counts add up
+        files.append(str(tmp_path / f"part{k}.jsonl"))
+        with open(files[-1], "w") as f:
+            f.writelines(json.dumps(ex) + "\n" for ex in exs[k * 300:(k + 1) * 300])
+    m = tg.partition(files, "g", tmp_path / "d", label_column="y", num_workers=2, shard_bytes=4_000,
                      progress=False)
     index = tg.load_index(tmp_path / "d")
     want = {}
