@@ -27,7 +27,7 @@ def main():
 
     t0 = time.perf_counter()
     m = tg.partition(a.source, key=lambda ex: f"{ex['play']}/{ex['speaker']}", output=a.out,
-                     num_workers=a.workers, overwrite=True, shard_size=1 << 20)
+                     num_workers=a.workers, overwrite=True, shard_bytes=1 << 20)
     t1 = time.perf_counter()
     print(f"partitioned {m['num_examples']:,} speech turns into {m['num_groups']:,} groups "
           f"({len(m['shards'])} shards) at {a.out} in {t1 - t0:.2f} s")

@@ -30,7 +30,7 @@ def partition_fedshakespeare(out: str, source: str = DATA) -> str:
 
     if not os.path.exists(os.path.join(out, "manifest.json")):
         tg.partition(source, key=lambda ex: f"{ex['play']}/{ex['speaker']}", output=out, num_workers=1,
-                     overwrite=True, shard_size=1 << 20, progress=False)
+                     overwrite=True, shard_bytes=1 << 20, progress=False)
     return out
 
 

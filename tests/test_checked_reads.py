@@ -16,7 +16,7 @@ import pytest
 import torch_grouper as tg
 from torch_grouper import dataset
 from torch_grouper import format as fmt
-from conftest import groupby, same
+from helpers import groupby, same
 
 
 def dataset_dir(ds):

@@ -5,7 +5,7 @@ import os
 
 import torch_grouper as tg
 from helpers import digest
-from conftest import mixed_examples
+from helpers import mixed_examples
 
 
 

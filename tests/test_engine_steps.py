@@ -47,7 +47,7 @@ def corpus(tmp_path, n=3000):
 def test_sequential_engine_writes_the_bytes_of_the_local_engine(tmp_path):
     src, _ = corpus(tmp_path)
     assert isinstance(SequentialEngine(), Engine) and isinstance(LocalEngine(2), Engine)
-    kw = dict(shard_size=60_000, memory_budget=150_000, progress=False)
+    kw = dict(shard_bytes=60_000, memory_budget=150_000, progress=False)
     m_seq = tg.partition(src, tg.UrlDomainKey(), tmp_path / "seq", engine=SequentialEngine(), **kw)
     tg.partition(src, tg.UrlDomainKey(), tmp_path / "loc",
                          engine=LocalEngine(num_workers=2, slice_bytes=20_000), **kw)
@@ -79,7 +79,7 @@ def test_map_context_with_label_column_counts_labels_per_group(tmp_path):
     src = as_source(exs)
     totals = map_all(src, lambda e: e["g"], str(tmp_path), 1 << 20, label_column="l")
     assert (totals.examples, totals.id_type, totals.dropped) == (24, "str", 0)
-    job = steps.Job(src, None, str(tmp_path / "out"), shard_size=1 << 20, memory_budget=1 << 20, label_column="l")
+    job = steps.Job(src, None, str(tmp_path / "out"), shard_bytes=1 << 20, memory_budget=1 << 20, label_column="l")
     (tmp_path / "out").mkdir()
     [task] = steps.plan_write(job, totals.runs, totals.id_type, 1 << 20, str(tmp_path))
     assert task.label_stats
@@ -113,7 +113,7 @@ def test_write_plan_from_data_alone(tmp_path):
         plans.append(steps.plan_tasks(totals.runs, 100_000, task_min_bytes=40_000))
         out = tmp_path / f"out{k}"
         out.mkdir()
-        job = steps.Job(src, None, str(out), shard_size=100_000, memory_budget=budget)
+        job = steps.Job(src, None, str(out), shard_bytes=100_000, memory_budget=budget)
         tasks = steps.plan_write(job, totals.runs, totals.id_type, budget, None, task_min_bytes=40_000)
         assert [(t.number, len(t.inputs)) for t in tasks][:1] == [(0, len(tasks[0].inputs))]
         shards.append([sh for t in tasks for sh in steps.write_task(t)[1]])
@@ -174,7 +174,7 @@ def test_sample_keys_are_format_sample_keys(tmp_path):
     totals = map_all(src, lambda e: e["g"], str(spill), 1 << 20)
     out = tmp_path / "out"
     out.mkdir()
-    job = steps.Job(src, None, str(out), shard_size=1 << 20, memory_budget=1 << 20)
+    job = steps.Job(src, None, str(out), shard_bytes=1 << 20, memory_budget=1 << 20)
     names = set()
     for t in steps.plan_write(job, totals.runs, totals.id_type, 1 << 20, None):
         for sh in steps.write_task(t)[1]:

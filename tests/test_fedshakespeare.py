@@ -31,15 +31,3 @@ def test_fedshakespeare_roundtrip_and_stats(tmp_path):
     assert "groups:   1,348" in format_summary(s)
     png = plot_group_sizes(ds, str(tmp_path / "sizes.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_cli_partition_and_stats(tmp_path, capsys):
-    from torch_grouper.cli import main
-
-    src = tmp_path / "c.jsonl"
-    src.write_text("".join(json.dumps({"url": f"https://h{i % 3}.org/{i}", "t": "a b"}) + "\n" for i in range(30)))
-    assert main(["partition", str(src), str(tmp_path / "o"), "--url-domain", "url", "--workers", "1"]) == 0
-    assert "30 examples, 3 groups" in capsys.readouterr().out
-    assert main(["stats", str(tmp_path / "o"), "--plot", str(tmp_path / "p.png")]) == 0
-    out = capsys.readouterr().out
-    assert "groups:   3" in out and "examples: 30" in out and (tmp_path / "p.png").exists()

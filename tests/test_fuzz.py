@@ -27,7 +27,7 @@ import torch_grouper as tg
 from torch_grouper import dataset
 from torch_grouper import format as fmt
 from torch_grouper.tario import BLOCK, walk
-from conftest import groupby, same
+from helpers import groupby, same
 
 
 def dataset_dir(ds):

@@ -6,7 +6,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 import torch_grouper as tg
-from conftest import groupby, mixed_examples, same
+from helpers import groupby, mixed_examples, same
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import torch_grouper as tg
-from conftest import groupby, mixed_examples, same
+from helpers import groupby, mixed_examples, same
 
 
 def read_all(path):

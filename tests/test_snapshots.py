@@ -482,22 +482,6 @@ def test_leftovers_of_a_killed_run_never_block_a_rerun(tmp_path):
     assert [g.id for g in tg.GroupedDataset(out)] == ["b"]
 
 
-def test_cli_snapshots_and_vacuum(tmp_path, capsys):
-    from torch_grouper.cli import main
-
-    out = tmp_path / "d"
-    ids = [tg.partition([{"g": "a", "i": k}], "g", out, overwrite=True, progress=False, keep_snapshots=5)["snapshot"]
-           for k in range(3)]
-    assert main(["snapshots", str(out)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[1] for ln in lines] == ids and all(ln.endswith("available") for ln in lines)
-    assert main(["vacuum", str(out), "--keep", "1", "--dry-run"]) == 0
-    assert f"would remove snapshot {ids[0]}" in capsys.readouterr().out
-    assert main(["vacuum", str(out), "--keep", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"{out}: 2 snapshot(s) removed"
-    assert main(["verify", str(out), "--snapshot", ids[2]]) == 0
-
-
 def test_a_commit_entry_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     fs = fsspec.filesystem("file")
     path = str(tmp_path / "_log" / fmt.log_name(1))

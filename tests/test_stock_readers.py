@@ -6,7 +6,7 @@ import datasets
 import webdataset as wds
 
 import torch_grouper as tg
-from conftest import mixed_examples
+from helpers import mixed_examples
 
 
 def _dataset(tmp_path):

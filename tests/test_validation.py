@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torch_grouper as tg
-from conftest import groupby, same
+from helpers import groupby, same
 from torch_grouper.codec import EncodeError, encode
 
 

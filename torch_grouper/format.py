@@ -98,13 +98,13 @@ def group_id_type(gid: Any) -> str | None:
     return None
 
 
-def canonical_group_id(gid: Any, kind: str) -> bytes:
-    """Bytes that identify a group id; used for hashing and ordering.  An int
-    id outside int64 raises OverflowError; a str with a lone surrogate,
-    UnicodeEncodeError."""
-    if kind == "str":
+def canonical_group_id(gid: Any, id_type: str) -> bytes:
+    """Bytes that identify a group id of type ``id_type`` (``group_id_type``);
+    used for hashing and ordering.  An int id outside int64 raises
+    OverflowError; a str with a lone surrogate, UnicodeEncodeError."""
+    if id_type == "str":
         return str(gid).encode("utf-8")  # UnicodeEncodeError for lone surrogates
-    if kind == "int":
+    if id_type == "int":
         v = int(gid)
         if not -(1 << 63) <= v < (1 << 63):  # the index stores int ids as int64
             raise OverflowError(f"int group id {v} is outside the int64 range [-2**63, 2**63)")
@@ -117,10 +117,11 @@ def group_hash(canon: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(canon, digest_size=8).digest(), "big")
 
 
-def decode_group_id(canon: bytes, kind: str) -> Any:
-    if kind == "str":
+def decode_group_id(canon: bytes, id_type: str) -> Any:
+    """The group id of type ``id_type`` from its canonical bytes."""
+    if id_type == "str":
         return canon.decode("utf-8")
-    if kind == "int":
+    if id_type == "int":
         return int(canon)
     return canon
 
@@ -152,11 +153,12 @@ def sample_key_at(prefix: str, file_no: int, position: int) -> str:
 
 
 # --------------------------------------------------------------------- index
-def index_schema(kind: str) -> pa.Schema:
-    gid_type = {"str": pa.string(), "int": pa.int64(), "bytes": pa.binary()}[kind]
+def index_schema(id_type: str) -> pa.Schema:
+    """The index's schema for group ids of type ``id_type``."""
+    arrow_type = {"str": pa.string(), "int": pa.int64(), "bytes": pa.binary()}[id_type]
     return pa.schema(
         [
-            ("group_id", gid_type),
+            ("group_id", arrow_type),
             ("shard", pa.string()),
             ("offset", pa.int64()),
             ("length", pa.int64()),

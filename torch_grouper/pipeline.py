@@ -13,13 +13,13 @@ from . import snapshots
 from ._version import __version__
 from .engines import Job, resolve_engine
 from .features import features_dict
+from .labels import label_summary
 from .partitioners import describe_key, key_function
 from .retry import retry
 from .sources import as_source
-from .stats import label_summary
 from .writer import index_table, json_safe, write_index, write_manifest
 
-DEFAULT_SHARD_SIZE = 256 << 20
+DEFAULT_SHARD_BYTES = 256 << 20  # bytes per tar shard
 DEFAULT_MEMORY_BUDGET = 512 << 20
 
 
@@ -29,7 +29,8 @@ def partition(
     output: str | os.PathLike,
     *,
     num_workers: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_bytes: int | None = None,
+    shard_size: int | None = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -61,9 +62,14 @@ def partition(
         output: the dataset directory, a local path or fsspec URL.
         num_workers: processes for the map and write steps (default: CPU count).
             The output is byte-identical for any value.
-        shard_size: target bytes per shard.  Shards roll over at group
+        shard_bytes: target bytes per tar shard (default
+            ``DEFAULT_SHARD_BYTES``, 256 MiB).  Shards roll over at group
             boundaries; a group larger than this gets a shard of its own and
-            is never split.
+            is never split.  The manifest records it as ``partition.shard_size``
+            (docs/FORMAT.md).
+        shard_size: deprecated name of ``shard_bytes`` (a DeprecationWarning;
+            not to be confused with ``ShardPartitioner(shard_size=)``, examples
+            per label shard).
         overwrite: replace the dataset already at ``output`` (as a new
             snapshot: readers that opened the old one keep reading it).
         storage_options: passed to fsspec for ``output`` and file sources.
@@ -112,19 +118,20 @@ def partition(
     and complete.  Of two partitions committing to one output, one wins and
     the other raises ``ConcurrentCommitError``.
     """
+    shard_bytes = _shard_bytes_arg(shard_bytes, shard_size)
     splits = _splits_of(source) if _stage is None else None
     if splits is not None:  # one dataset per split, committed together
         manifests = partition_together(
             [(name, src, key) for name, src in splits.items()], output, overwrite=overwrite,
             storage_options=storage_options, keep_snapshots=keep_snapshots, num_workers=num_workers,
-            shard_size=shard_size, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
+            shard_bytes=shard_bytes, memory_budget=memory_budget, tmp_dir=tmp_dir, progress=progress,
             label_column=label_column, features=features, shuffle_seed=shuffle_seed, engine=engine)
         return dict(zip(splits, manifests))
     t0 = time.perf_counter()
     if shuffle_seed is not None:
         source = _preshuffled(source, shuffle_seed)
-    if shard_size <= 0:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if shard_bytes <= 0:
+        raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
     keyfn = key_function(key)
     storage_options = dict(storage_options or {})
     out_url = os.fspath(output)
@@ -154,13 +161,13 @@ def partition(
 
     try:
         res = engine.run(Job(
-            src, keyfn, stage.part_url(_part), shard_size=shard_size, memory_budget=memory_budget,
+            src, keyfn, stage.part_url(_part), shard_bytes=shard_bytes, memory_budget=memory_budget,
             storage_options=storage_options, tmp_dir=tmp_dir, progress=progress, label_column=label_column,
             before_write=before_write,
         ))
         before_write()  # an empty source still makes a (complete, empty) dataset
         manifest = _write_snapshot_files(fs, folder, src, keyfn, res.num_examples, res.id_type, res.written,
-                                         res.num_dropped, shard_size, label_column, _part)
+                                         res.num_dropped, shard_bytes, label_column, _part)
         if own:
             stage.commit()
     except BaseException:
@@ -174,7 +181,19 @@ def partition(
     return manifest
 
 
-def _write_snapshot_files(fs, folder, src, keyfn, n, id_type, results, dropped, shard_size, label_column,
+def _shard_bytes_arg(shard_bytes, shard_size) -> int:
+    """``partition``'s bytes per shard from its arguments: ``shard_size`` is
+    the deprecated name of ``shard_bytes``."""
+    if shard_size is not None:
+        if shard_bytes is not None:
+            raise TypeError("partition: pass shard_bytes only (shard_size is its deprecated name), not both")
+        warnings.warn("partition(shard_size=...) is deprecated; use shard_bytes=... (bytes per tar shard)",
+                      DeprecationWarning, stacklevel=3)
+        return shard_size
+    return DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
+
+
+def _write_snapshot_files(fs, folder, src, keyfn, n, id_type, results, dropped, shard_bytes, label_column,
                           part=None) -> dict:
     """The index, then the snapshot's manifest (no timestamps, no snapshot id:
     the same input gives the same bytes)."""
@@ -194,7 +213,7 @@ def _write_snapshot_files(fs, folder, src, keyfn, n, id_type, results, dropped, 
         "features": src.features,
         "partition": {
             "key": json_safe(describe_key(keyfn)),
-            "shard_size": shard_size,
+            "shard_size": shard_bytes,  # the format's name for bytes per shard
             "num_buckets": fmt.NUM_BUCKETS,
             "hash": "blake2b-64",
             "source": {"description": src.description, "fingerprint": src.fingerprint},

@@ -1,8 +1,14 @@
-"""Dataset statistics from the group index (no data scan) and their plots."""
+"""Dataset statistics from the group index (no data scan) and their plots.
+
+The read side only: the label maths behind the index's label columns and the
+manifest's ``label_stats`` are in ``labels`` (used when writing).
+"""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from .labels import label_matrix, label_summary  # noqa: F401 - label_summary: an index's label skew
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
 
@@ -84,73 +90,6 @@ def plot_group_sizes(obj, path: str, *, title: str = "group sizes") -> str:
 
 
 # ------------------------------------------------------------ label skew
-def _distances(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row Hellinger and Jensen-Shannon (base 2) distances to the global
-    label distribution, and that distribution."""
-    total = counts.sum(0)
-    q = total / max(total.sum(), 1)
-    p = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    hell = np.sqrt(0.5 * ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(1))
-    m = 0.5 * (p + q)
-
-    def kl(a, b):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(a > 0, a * np.log2(a / np.where(b > 0, b, 1)), 0.0)
-        return t.sum(1)
-
-    js = np.sqrt(np.maximum(0.5 * kl(p, m) + 0.5 * kl(np.broadcast_to(q, p.shape), m), 0.0))
-    return hell, js, q
-
-
-def _label_matrix(counts: list) -> tuple[list, np.ndarray]:
-    labels = sorted({k for c in counts for k in c}, key=_label_sort_key)
-    col = {k: i for i, k in enumerate(labels)}
-    mat = np.zeros((len(counts), len(labels)), dtype=np.int64)
-    for r, c in enumerate(counts):
-        for k, v in c.items():
-            mat[r, col[k]] = v
-    return labels, mat
-
-
-def _label_sort_key(k: str):
-    try:
-        return (0, float(k), k)
-    except ValueError:
-        return (1, 0.0, k)
-
-
-def label_columns(counts: list) -> dict:
-    """Index columns for per-group label statistics, from per-group {label: count}.
-
-    ``label_counts`` (map label -> count; labels as JSON text unless strings),
-    ``hellinger`` and ``jensen_shannon``: each group's distance to the
-    global label distribution (JS with log base 2, so both lie in [0, 1])."""
-    labels, mat = _label_matrix(counts)
-    hell, js, _ = _distances(mat.astype(np.float64))
-    lc = pa.array([sorted(c.items(), key=lambda kv: _label_sort_key(kv[0])) for c in counts],
-                  type=pa.map_(pa.string(), pa.int64()))
-    return {"label_counts": lc, "hellinger": pa.array(hell, type=pa.float64()),
-            "jensen_shannon": pa.array(js, type=pa.float64())}
-
-
-def label_summary(index: pa.Table) -> dict | None:
-    """Dataset-level label skew from an index with label columns (or None)."""
-    if "label_counts" not in index.column_names:
-        return None
-    counts = [dict(x) for x in index["label_counts"].to_pylist()]
-    labels, mat = _label_matrix(counts)
-    hell, js, q = _distances(mat.astype(np.float64))
-    per_group_labels = (mat > 0).sum(1)
-    return {
-        "num_labels": len(labels),
-        "global_distribution": {k: round(float(v), 6) for k, v in zip(labels, q)},
-        "hellinger": {"mean": float(hell.mean()), "median": float(np.median(hell)), "max": float(hell.max())},
-        "jensen_shannon": {"mean": float(js.mean()), "median": float(np.median(js)), "max": float(js.max())},
-        "labels_per_group": {"mean": float(per_group_labels.mean()), "min": int(per_group_labels.min()),
-                             "max": int(per_group_labels.max())},
-    }
-
-
 def plot_label_distribution(obj, path: str, *, first: int = 30, title: str = "label distribution") -> str:
     """Write a PNG of per-group label counts: stacked bars for the first
     ``first`` groups (like flwr-datasets' plot_label_distributions) and a
@@ -166,7 +105,7 @@ def plot_label_distribution(obj, path: str, *, first: int = 30, title: str = "la
                          "or partition(..., label_column=...)")
     counts = [dict(x) for x in index["label_counts"].to_pylist()]
     ids = index["group_id"].to_pylist()
-    labels, mat = _label_matrix(counts)
+    labels, mat = label_matrix(counts)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     k = min(first, len(counts))
     bottom = np.zeros(k)

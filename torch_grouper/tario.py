@@ -2,7 +2,7 @@
 
 Python's ``tarfile`` builds a ``TarInfo`` object per member and is the
 bottleneck when shards hold hundreds of thousands of small members
-(benchmarks/tar_io.py measures both).  What we write here is plain ustar that
+(benchmarks/partition_stream.py times plain webdataset, built on it).  What we write here is plain ustar that
 ``tarfile``, GNU tar, ``webdataset`` and ``datasets`` read; names longer than
 100 bytes get a standard pax ``path`` record.
 

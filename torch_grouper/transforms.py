@@ -4,7 +4,9 @@ Each transform takes a group (anything iterable over examples with an
 ``id``) and returns a new :class:`~torch_grouper.dataset.Group`, except
 ``Batch``, which returns the list of batches.  They are small picklable
 classes, so they run in DataLoader workers.  Output stays plain Python /
-NumPy unless ``ToTorch`` is applied.
+NumPy unless ``ToTorch`` is applied (torch's ``default_convert``) or
+``client_pipeline(..., to_torch=True)`` batches with torch's
+``default_collate``.
 
     ds.map_groups(tg.transforms.client_pipeline(seed=0, take=500, epochs=2, batch_size=32, to_torch=True))
 """
@@ -186,6 +188,8 @@ class PackTokens:
 
 
 class Compose:
+    """Apply ``fns`` in order: ``Compose(f, g)(x) == g(f(x))``."""
+
     def __init__(self, *fns):
         self.fns = fns
 
@@ -199,9 +203,14 @@ def client_pipeline(*, seed: int | None = 0, take: int | None = None, epochs: in
                     batch_size: int | None = None, collate_fn=collate_dicts, drop_last: bool = False,
                     to_torch: bool = False) -> Compose:
     """The usual FL client pipeline: shuffle (seeded; None: keep order), cap
-    at ``take`` examples, repeat for ``epochs``, batch, convert to torch
-    (batches through torch's ``default_collate``; unbatched examples through
-    ``default_convert``)."""
+    at ``take`` examples, repeat for ``epochs``, batch, convert to torch.
+
+    ``to_torch`` with ``batch_size`` and the default ``collate_fn``: batches
+    are made by torch's ``default_collate`` (fields stacked into tensors)
+    instead of ``collate_dicts``; with a ``collate_fn`` of your own, it
+    decides, and ``to_torch`` adds nothing.  ``to_torch`` without
+    ``batch_size``: each example goes through torch's ``default_convert``
+    (``ToTorch``)."""
     fns = []
     if seed is not None:
         fns.append(ShuffleExamples(seed))

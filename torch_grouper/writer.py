@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import format as fmt
+from .labels import add_counts, label_columns
 from .retry import retry
 from .tario import END_OF_ARCHIVE
 
@@ -31,15 +32,20 @@ FLUSH_BYTES = 8 << 20
 
 
 class ShardWriter:
-    """Writes the groups of one reduce task into ``shard-TASK-KKK.tar`` files."""
+    """Writes the groups of one reduce task into ``shard-TASK-KKK.tar`` files.
 
-    def __init__(self, fs, root: str, task: int, shard_size: int, gid_kind: str, label_stats: bool = False,
+    ``shard_bytes``: a shard is closed at the first group boundary at or past
+    this many bytes.  ``id_type``: the group ids' type in the format ("str",
+    "int" or "bytes").  ``label_stats``: sum the pieces' label counts per
+    group (the index's label columns)."""
+
+    def __init__(self, fs, root: str, task: int, shard_bytes: int, id_type: str, label_stats: bool = False,
                  tmp_dir: str | None = None):
         self.fs = fs
         self.root = root
         self.task = task
-        self.shard_size = shard_size
-        self.gid_kind = gid_kind
+        self.shard_bytes = shard_bytes
+        self.id_type = id_type
         self.part = -1
         self.file = None
         self.shards: list[dict] = []
@@ -128,7 +134,7 @@ class ShardWriter:
         if canon != self._prev_canon or ghash != self._prev_hash:
             if self._open_group:
                 self._end_group()
-            if self.file is None or self.pos >= self.shard_size:
+            if self.file is None or self.pos >= self.shard_bytes:
                 if self.file is not None:
                     self._close_shard()
                 self._open_shard()
@@ -138,7 +144,7 @@ class ShardWriter:
             self.g_examples = self.g_bytes = self.g_words = 0
             self.g_labels = {}
             r = self.rows
-            r["group_id"].append(fmt.decode_group_id(canon, self.gid_kind))
+            r["group_id"].append(fmt.decode_group_id(canon, self.id_type))
             r["shard"].append(self.name)
             r["offset"].append(self.pos)
         left = blob_len
@@ -152,9 +158,7 @@ class ShardWriter:
         self.g_bytes += nbytes
         self.g_words += nwords
         if labels:
-            g = self.g_labels
-            for k, v in labels.items():
-                g[k] = g.get(k, 0) + v
+            add_counts(self.g_labels, labels)
 
     def close(self) -> tuple[dict, list[dict]]:
         """Finish; returns (index rows in compact columns, shard infos).
@@ -169,7 +173,7 @@ class ShardWriter:
             self._open_group = False
         if self.file is not None:
             self._close_shard()
-        return _compact(self.rows, self.gid_kind), self.shards
+        return _compact(self.rows, self.id_type), self.shards
 
     def abort(self):
         if self.file is not None:
@@ -178,7 +182,7 @@ class ShardWriter:
             except Exception:
                 pass
             self.file = None
-        if getattr(self, "staged", None):
+        if self.staged:
             try:
                 os.remove(self.staged)
             except OSError:
@@ -186,13 +190,13 @@ class ShardWriter:
 
 
 # ------------------------------------------------------------------ commit
-def _compact(rows: dict, gid_kind: str) -> dict:
+def _compact(rows: dict, id_type: str) -> dict:
     """Index rows as numpy arrays and joined bytes (picklable, compact)."""
     ids = rows["group_id"]
-    if gid_kind == "int":
+    if id_type == "int":
         gid = np.asarray(ids, dtype=np.int64)
     else:
-        enc = [g.encode("utf-8") for g in ids] if gid_kind == "str" else ids
+        enc = [g.encode("utf-8") for g in ids] if id_type == "str" else ids
         gid = (np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), b"".join(enc))
     names: dict = {}
     codes = np.fromiter((names.setdefault(x, len(names)) for x in rows["shard"]), dtype=np.int32,
@@ -214,20 +218,20 @@ def _buffers_array(lengths: np.ndarray, data: bytes, typ) -> pa.Array:
     return pa.Array.from_buffers(typ, len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def index_table(parts: list, gid_kind: str) -> pa.Table:
+def index_table(parts: list, id_type: str) -> pa.Table:
     """The index Table from the writers' compact columns, in dataset order.
 
     Built from buffers: ``pa.array``/``pa.table`` on Python lists import
     pandas (~0.2 s of CPU) the first time in each process."""
-    schema = fmt.index_schema(gid_kind)
-    if gid_kind == "int":
+    schema = fmt.index_schema(id_type)
+    if id_type == "int":
         gid = pa.Array.from_buffers(pa.int64(), sum(len(p["group_id"]) for p in parts),
                                     [None, pa.py_buffer(np.concatenate([p["group_id"] for p in parts] or
                                                                        [np.zeros(0, np.int64)]))])
     else:
         gid = _buffers_array(np.concatenate([p["group_id"][0] for p in parts] or [np.zeros(0, np.int64)]),
                              b"".join(p["group_id"][1] for p in parts),
-                             pa.string() if gid_kind == "str" else pa.binary())
+                             pa.string() if id_type == "str" else pa.binary())
     shard_names = [n.encode() for p in parts for n in p["shard"][0]]
     shard_lengths = np.concatenate([np.asarray([len(n) for n in p["shard"][0]], dtype=np.int64)[p["shard"][1]]
                                     for p in parts] or [np.zeros(0, np.int64)])
@@ -243,8 +247,6 @@ def index_table(parts: list, gid_kind: str) -> pa.Table:
         arrays.append(pa.Array.from_buffers(pa.int64(), len(col), [None, pa.py_buffer(col)]))
     table = pa.Table.from_arrays(arrays, names=schema.names)
     if parts and "label_counts" in parts[0]:
-        from .stats import label_columns
-
         counts = [c for p in parts for c in p["label_counts"]]
         for name, arr in label_columns(counts).items():
             table = table.append_column(name, arr)

@@ -52,7 +52,7 @@ def partition_fedshakespeare(out: str, *, limit: int | None = None, source: str 
     else:
         with gzip.open(source, "rt", encoding="utf-8") as f:
             src = [json.loads(line) for _, line in zip(range(limit), f)]
-    tg.partition(src, key=speaker_key, output=out, num_workers=1, overwrite=True, shard_size=1 << 20,
+    tg.partition(src, key=speaker_key, output=out, num_workers=1, overwrite=True, shard_bytes=1 << 20,
                  progress=False)
     return out
 

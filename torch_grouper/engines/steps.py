@@ -72,7 +72,7 @@ class Job:
     source: Source
     keyfn: Callable  # example -> group id, or a Partitioner
     output_url: str  # the folder write tasks put shards in
-    shard_size: int  # target bytes per shard
+    shard_bytes: int  # target bytes per shard
     memory_budget: int  # bytes of buffered examples over all workers
     storage_options: dict | None = None
     tmp_dir: str | None = None  # local folder for spill files (None: the system temp dir)
@@ -408,7 +408,7 @@ def _write_run(buf: list, fd: int, path: str) -> Run:
 
 
 # -------------------------------------------------------------------- plan
-def plan_tasks(runs: list, shard_size: int, task_min_bytes: int = TASK_MIN_BYTES,
+def plan_tasks(runs: list, shard_bytes: int, task_min_bytes: int = TASK_MIN_BYTES,
                tasks_per_dataset: int = TASKS_PER_DATASET) -> list:
     """Cut the bucket space into write tasks of similar byte size: [(lo, hi)].
 
@@ -420,7 +420,7 @@ def plan_tasks(runs: list, shard_size: int, task_min_bytes: int = TASK_MIN_BYTES
         for b, n in r.sizes.items():
             sizes[b] += n
     total = sum(sizes)
-    target = min(shard_size, max(task_min_bytes, total // tasks_per_dataset))
+    target = min(shard_bytes, max(task_min_bytes, total // tasks_per_dataset))
     tasks = []
     lo = 0
     acc = 0
@@ -446,7 +446,7 @@ class WriteTask:
     inputs: list  # (run path, start, stop) byte ranges, in input order
     output_url: str
     storage_options: dict | None
-    shard_size: int
+    shard_bytes: int
     id_type: str
     budget: int  # bytes of read buffers
     label_stats: bool = False
@@ -456,9 +456,9 @@ class WriteTask:
 def plan_write(job: Job, runs: list, id_type: str, budget: int, tmp_dir: str | None, *,
                task_min_bytes: int = TASK_MIN_BYTES, tasks_per_dataset: int = TASKS_PER_DATASET) -> list:
     """The job's ``WriteTask``s, in dataset order, from the runs alone."""
-    return [WriteTask(t, task_inputs(runs, lo, hi), job.output_url, job.storage_options, job.shard_size, id_type,
+    return [WriteTask(t, task_inputs(runs, lo, hi), job.output_url, job.storage_options, job.shard_bytes, id_type,
                       budget, job.label_column is not None, tmp_dir)
-            for t, (lo, hi) in enumerate(plan_tasks(runs, job.shard_size, task_min_bytes, tasks_per_dataset))]
+            for t, (lo, hi) in enumerate(plan_tasks(runs, job.shard_bytes, task_min_bytes, tasks_per_dataset))]
 
 
 # ------------------------------------------------------------------- write
@@ -495,7 +495,7 @@ def write_task(task: WriteTask):
     bufsize = max(64 << 10, min(1 << 20, task.budget // max(1, 2 * len(ranges))))
     streams = [_read_pieces(p, a, b, bufsize) for p, a, b in ranges if b > a]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_piece_key)
-    w = ShardWriter(fs, root, task.number, task.shard_size, task.id_type, task.label_stats, task.tmp_dir)
+    w = ShardWriter(fs, root, task.number, task.shard_bytes, task.id_type, task.label_stats, task.tmp_dir)
     try:
         for h, canon, n, nwords, nbytes, labels, blob_len, f in merged:
             w.add_piece(h, canon, n, nwords, nbytes, blob_len, f, labels)
