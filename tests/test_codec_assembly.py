@@ -56,6 +56,14 @@ def test_json_only_then_binary_examples():
     assert tally == nbytes
 
 
+def test_json_after_other_members():
+    """Samples from other writers may list KEY.json after the binary members."""
+    key = "00000000000000ff_000000000000000001"
+    members = [(f"{key}.b.bin", b"raw"), (f"{key}.json", b'{"x": 1, "b": "json loses"}')]
+    buf = b"".join(c for n, d in members for c in tario.member(n, d))
+    assert codec.decode_group(buf, "t.tar", 0, b"00000000000000ff_") == [{"x": 1, "b": b"raw"}]
+
+
 def test_members_of_another_group_are_refused():
     buf, _, _ = _group_bytes([{"x": 1}, {"x": 2}], gid="mine")
     _, other, _ = _group_bytes([], gid="other")

@@ -87,6 +87,21 @@ def test_damaged_header_fails_its_checksum_naming_the_offset(members, data, fiel
         list(tario.checked_members(bytes(bad), "t.tar", 7))
 
 
+@pytest.mark.parametrize("record", ["pax", "member"])
+def test_damaged_header_of_a_long_named_member(record):
+    """A member with a pax ``path`` record has two headers: damage to either is found."""
+    long_name = "k" * 16 + "_" + "0" * 18 + "." + "field" * 30
+    buf, at = _write([("a.json", b"{}"), (long_name, b"payload")])
+    unit, header, _ = at[1]
+    assert header > unit  # the pax record comes first
+    bad = bytearray(buf)
+    at_ = unit if record == "pax" else header
+    bad[at_ + 5] ^= 1  # a name byte
+    with pytest.raises(TarFormatError, match=rf"^t\.tar: byte offset {at_}: tar header checksum does not match"):
+        list(tario.checked_members(bytes(bad), "t.tar"))
+    assert [n for n, _, _ in tario.checked_members(buf, "t.tar")] == ["a.json", long_name]
+
+
 def test_truncated_member_names_its_header():
     buf, at = _write([("a.json", b"x" * 700), ("b.json", b"y" * 700)])
     cut = buf[: at[1][2] + 100]
