@@ -92,7 +92,7 @@ def test_group_mismatch_error_is_a_tar_format_error():
 
 
 @pytest.mark.parametrize("a, b", [("alpha", "gamma"), ("arr/x", "arr..y")], ids=["fast-path", "general-path"])
-def test_swapped_index_rows_raise_in_every_read_path(data, monkeypatch, a, b):
+def test_swapped_index_rows_raise_in_every_read_path(data, a, b):
     path, want = data
     ra, rb = swap(path, a, b)
     assert ra["num_examples"] == rb["num_examples"]  # only the hash check can tell
@@ -120,11 +120,10 @@ def test_swapped_index_rows_raise_in_every_read_path(data, monkeypatch, a, b):
     with pytest.raises(tg.GroupMismatchError, match=r"byte offset \d+: .*group "):
         next(iter(ds.cohorts(len(ds), rounds=1)))
     # groups read window by window
-    monkeypatch.setattr(dataset, "WHOLE_READ", 600)
-    monkeypatch.setattr(dataset, "WINDOW", 700)
+    windows = dataset.ReadOptions(whole_read=600, window=700)
     with pytest.raises(tg.GroupMismatchError, match=msg):
-        list(tg.GroupedDataset(path)[a])
-    check_equal(list(tg.GroupedDataset(path)["beta"]), want["beta"])
+        list(tg.GroupedDataset(path, read_options=windows)[a])
+    check_equal(list(tg.GroupedDataset(path, read_options=windows)["beta"]), want["beta"])
 
 
 def test_swapped_rows_skipped_with_on_error_skip(data):
@@ -157,7 +156,7 @@ def test_index_of_another_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("delta", [1, -1])
-def test_num_examples_off_by_one(data, monkeypatch, delta):
+def test_num_examples_off_by_one(data, delta):
     path, want = data
     r = row_of(path, "beta")
 
@@ -178,9 +177,7 @@ def test_num_examples_off_by_one(data, monkeypatch, delta):
     with pytest.raises(tg.GroupMismatchError, match=msg):
         next(iter(ds.cohorts(len(ds), rounds=1)))
     # window by window: checked once the group is fully read (or has too many)
-    monkeypatch.setattr(dataset, "WHOLE_READ", 600)
-    monkeypatch.setattr(dataset, "WINDOW", 700)
-    g = tg.GroupedDataset(path)["beta"]
+    g = tg.GroupedDataset(path, read_options=dataset.ReadOptions(whole_read=600, window=700))["beta"]
     assert same(next(iter(g)), want["beta"][0])  # a consumer that stops early is not told
     got = []
     with pytest.raises(tg.GroupMismatchError, match=msg):
@@ -189,7 +186,7 @@ def test_num_examples_off_by_one(data, monkeypatch, delta):
     assert len(got) <= 3 + delta  # never more examples than the index says, even before the end
 
 
-def test_group_range_cut_at_a_member_boundary(data, monkeypatch):
+def test_group_range_cut_at_a_member_boundary(data):
     """An index length that leaves out the last member of the last example
     (same number of examples): found by the bytes of member data."""
     path, want = data
@@ -207,10 +204,8 @@ def test_group_range_cut_at_a_member_boundary(data, monkeypatch):
     msg = rf"byte offset {r['offset']}: group 'arr/x' holds 3 examples \(\d+ bytes of member data\), the index says 3"
     with pytest.raises(tg.GroupMismatchError, match=msg):
         list(tg.GroupedDataset(path)["arr/x"])
-    monkeypatch.setattr(dataset, "WHOLE_READ", 600)
-    monkeypatch.setattr(dataset, "WINDOW", 700)
     with pytest.raises(tg.GroupMismatchError, match=msg):
-        list(tg.GroupedDataset(path)["arr/x"])
+        list(tg.GroupedDataset(path, read_options=dataset.ReadOptions(whole_read=600, window=700))["arr/x"])
     check_equal(list(tg.GroupedDataset(path)["arr..y"]), want["arr..y"])
 
 

@@ -9,7 +9,6 @@ path): a tar holds no checksum of payloads, so such a change can only be found
 by ``tg.verify`` (sha256 of every shard); it may change the example that holds
 those bytes, and nothing else: never another example, never another group's.
 """
-import contextlib
 import os
 import shutil
 import tempfile
@@ -196,15 +195,9 @@ def _check_group(gid, got, want, may_differ):
             assert (gid, k) in may_differ, (gid, k, a, b)
 
 
-@contextlib.contextmanager
 def _windows(on):
-    saved = dataset.WHOLE_READ, dataset.WINDOW
-    if on:
-        dataset.WHOLE_READ, dataset.WINDOW = 1500, 1000
-    try:
-        yield
-    finally:
-        dataset.WHOLE_READ, dataset.WINDOW = saved
+    """Read options: groups over 1500 bytes read in 1000-byte windows (or the defaults)."""
+    return dataset.ReadOptions(whole_read=1500, window=1000) if on else None
 
 
 @settings(max_examples=100, deadline=None, database=None,
@@ -233,27 +226,26 @@ def test_damaged_shards_never_give_wrong_data(damaged_base, data):
             path = os.path.join(top, base["rel"], fmt.INDEX)
             pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
         for windows in (False, True):
-            with _windows(windows):
-                ds = tg.GroupedDataset(top)
-                seen = set()
-                for g in ds:  # streaming, through the shard handle (fast path for JSON-only groups)
-                    seen.add(g.id)
-                    try:
-                        got = list(g)
-                    except tg.TarFormatError:
-                        continue
-                    _check_group(g.id, got, want[g.id], may)
-                assert seen == set(want)
-                for gid in want:  # random access (one ranged read per group)
-                    try:
-                        got = ds[gid].examples()
-                    except tg.TarFormatError:
-                        continue
-                    _check_group(gid, got, want[gid], may)
-                skip = tg.GroupedDataset(top, on_error="skip")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    kept = [(g.id, list(g)) for g in skip]
-                assert {gid for gid, _ in kept} | {gid for gid, _ in skip.skipped} == set(want)
-                for gid, got in kept:
-                    _check_group(gid, got, want[gid], may)
+            ds = tg.GroupedDataset(top, read_options=_windows(windows))
+            seen = set()
+            for g in ds:  # streaming, through the shard handle (fast path for JSON-only groups)
+                seen.add(g.id)
+                try:
+                    got = list(g)
+                except tg.TarFormatError:
+                    continue
+                _check_group(g.id, got, want[g.id], may)
+            assert seen == set(want)
+            for gid in want:  # random access (one ranged read per group)
+                try:
+                    got = ds[gid].examples()
+                except tg.TarFormatError:
+                    continue
+                _check_group(gid, got, want[gid], may)
+            skip = tg.GroupedDataset(top, on_error="skip", read_options=_windows(windows))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kept = [(g.id, list(g)) for g in skip]
+            assert {gid for gid, _ in kept} | {gid for gid, _ in skip.skipped} == set(want)
+            for gid, got in kept:
+                _check_group(gid, got, want[gid], may)

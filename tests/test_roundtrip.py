@@ -11,16 +11,16 @@ import torch_grouper as tg
 from helpers import groupby, mixed_examples, same
 
 
-def read_all(path):
-    ds = tg.GroupedDataset(path)
+def read_all(path, read_options=None):
+    ds = tg.GroupedDataset(path, read_options=read_options)
     return {g.id: (len(g), list(g)) for g in ds}
 
 
-def check(path, examples, key):
+def check(path, examples, key, read_options=None):
     expected = groupby(examples, key)
-    got = read_all(path)
+    got = read_all(path, read_options)
     assert set(got) == set(expected)
-    ds = tg.GroupedDataset(path)
+    ds = tg.GroupedDataset(path, read_options=read_options)
     for gid, exs in expected.items():
         n, back = got[gid]
         assert n == len(exs) == len(back), gid
@@ -134,15 +134,15 @@ def test_empty_source(tmp_path):
     assert len(ds) == 0 and list(ds) == []
 
 
-def test_group_larger_than_read_window(tmp_path, monkeypatch):
+def test_group_larger_than_read_window(tmp_path):
     """A group bigger than the single-read window is streamed member by member."""
     from torch_grouper import dataset
 
-    monkeypatch.setattr(dataset, "WHOLE_READ", 4096)
+    opts = dataset.ReadOptions(whole_read=4096)
     exs = [{"g": "big", "i": i, "b": np.full(300, i, np.int16), "pad": "p" * 700} for i in range(200)]
     exs += [{"g": "small", "i": -1, "b": np.zeros(1, np.int16), "pad": ""}]
     tg.partition(exs, "g", tmp_path / "o", num_workers=1, progress=False)
-    check(tmp_path / "o", exs, lambda e: e["g"])
+    check(tmp_path / "o", exs, lambda e: e["g"], opts)
 
 
 def test_empty_dataset_random_access(tmp_path):
@@ -161,14 +161,12 @@ def test_jsonl_lines_longer_than_read_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("window", [700, 2500, 9000, None])
-def test_large_group_windows_cut_at_example_boundaries(tmp_path, monkeypatch, window):
+def test_large_group_windows_cut_at_example_boundaries(tmp_path, window):
     """Groups read window by window: windows that end inside an example, inside
     a pax long-name record, or hold less than one example (None: one read)."""
     from torch_grouper import dataset
 
-    if window is not None:
-        monkeypatch.setattr(dataset, "WHOLE_READ", 1000)
-        monkeypatch.setattr(dataset, "WINDOW", window)
+    opts = dataset.ReadOptions(whole_read=1000, window=window) if window is not None else None
     long_field = "a_field_name_long_enough_to_need_a_pax_header_" * 3
     exs = []
     for i in range(120):
@@ -179,8 +177,8 @@ def test_large_group_windows_cut_at_example_boundaries(tmp_path, monkeypatch, wi
             ex[long_field] = np.arange(i % 9, dtype=np.int32)
         exs.append(ex)
     tg.partition(exs, "g", tmp_path / "o", num_workers=1, progress=False)
-    check(tmp_path / "o", exs, lambda e: e["g"])
-    ds = tg.GroupedDataset(tmp_path / "o")
+    check(tmp_path / "o", exs, lambda e: e["g"], opts)
+    ds = tg.GroupedDataset(tmp_path / "o", read_options=opts)
     back = list(ds["big"])  # random access, window by window
     expected = [e for e in exs if e["g"] == "big"]
     assert len(back) == len(expected) == 90 and all(same(a, b) for a, b in zip(back, expected))

@@ -106,11 +106,11 @@ def test_pickle_and_object_arrays_never_load(tmp_path):
                 info = tarfile.TarInfo(n)
                 info.size = len(d)
                 t.addfile(info, io.BytesIO(d))
-        from torch_grouper.dataset import _assemble
+        from torch_grouper.codec import assemble
         from torch_grouper.tario import iter_members
 
         with pytest.raises(tg.TarFormatError, match=message):
-            list(_assemble(iter_members(buf.getvalue(), "x.tar"), "x.tar", 0))
+            list(assemble(iter_members(buf.getvalue(), "x.tar"), "x.tar", 0))
 
 
 def test_unknown_format_version_refused(dataset):

@@ -13,6 +13,13 @@ One example is one WebDataset sample.  Its members are:
 Field names are percent-encoded in member names (no dots, no slashes), so a
 name from the data never becomes a path.  Decoding is driven by the member
 extension alone, so a shard is self-describing.  Nothing is ever unpickled.
+
+Encoding: ``encode`` (one example -> its members).  Decoding, the mirror:
+``decode_field`` (one non-JSON member -> a field), ``assemble`` (members of
+consecutive samples -> example dicts, checked against the group's hash) and
+``decode_group`` (the tar bytes of one group -> its examples: the streaming
+hot path, a tight loop over JSON-only samples that hands anything else to
+``tario.checked_members`` and ``assemble``).
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from .tario import member, member_bytes
+from .tario import (BLOCK, MAGIC, MAGIC_OFFSET, NAME_END, PREFIX_OFFSET, SIZE_OFFSET, TYPEFLAG_OFFSET,
+                    GroupMismatchError, TarFormatError, checked_members, member, member_bytes)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff")
 PICKLE_EXTS = ("pickle", "pkl", "pyd", "pth", "pt")
@@ -299,3 +307,121 @@ def decode_field(suffix: str, data):
     if ext in PICKLE_EXTS:
         raise ValueError(f"member type .{ext} is a pickle; torch_grouper never unpickles shard data")
     return name, bytes(data)
+
+
+# ------------------------------------------------------------------ assembling examples
+#: ``scan_json(text, 0)`` -> (object, end): one JSON value from the start of
+#: ``text`` (``json.JSONDecoder.scan_once``), without ``json.loads``' checks.
+scan_json = json.JSONDecoder().scan_once
+_loads = json.loads
+
+
+def assemble(members, where: str = "", base: int = 0, hexh: bytes | None = None, gid=None):
+    """Group consecutive members with one sample key into example dicts.
+
+    ``members`` yields ``(name, data)`` or ``(name, data, byte offset)``.
+    With ``hexh`` (the group's hash and ``_``), a member whose sample key
+    does not start with it raises GroupMismatchError.  A member that does not
+    decode (whatever the error) raises TarFormatError naming the shard, the
+    byte offset and the member."""
+    cur = None
+    ex = None
+    prefix = None if hexh is None else hexh.decode("ascii")
+    for name, data, *at in members:
+        off = at[0] if at else base
+        dot = name.find(".")
+        if dot <= 0:
+            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} at byte offset {off} "
+                                 f"has no KEY.EXT name")
+        key = name[:dot]
+        suffix = name[dot + 1 :]
+        if key != cur:
+            if prefix is not None and not key.startswith(prefix):
+                raise GroupMismatchError(
+                    f"{where}: byte offset {off}: member {name!r} is not of group {gid!r} (its sample key "
+                    f"does not start with the group's hash {prefix[:16]}): the index does not match the "
+                    f"shard (a mixed-up or altered dataset)")
+            if ex is not None:
+                yield ex
+            cur = key
+            ex = None
+        try:
+            if suffix == "json":
+                obj = _loads(data if type(data) is bytes else bytes(data))
+                if type(obj) is not dict:
+                    raise ValueError(f"JSON member holds a {type(obj).__name__}, not an object")
+                ex = obj if ex is None else {**obj, **ex}
+            else:
+                if ex is None:
+                    ex = {}
+                k, v = decode_field(suffix, data)
+                ex[k] = v
+        except Exception as e:  # ValueError, MemoryError, RecursionError...: all name the member
+            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} does not decode "
+                                 f"(corrupt data?) at byte offset {off}: {type(e).__name__}: {e}") from None
+    if ex is not None:
+        yield ex
+
+
+def decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally=None) -> list:
+    """All examples of group ``gid`` held in memory (the hot path of streaming).
+
+    Equivalent to ``list(assemble(tario.checked_members(buf, ...), where,
+    base, hexh, gid))`` in one tight loop for the common case (one
+    ``KEY.json`` member per example whose key starts with ``hexh``, the
+    group's hash and ``_``); from the first member that is anything else it
+    takes the general path, which checks the tar header checksums, validates
+    and names the byte offset of any damage (GroupMismatchError for a member
+    of another group).  ``tally[0]`` (a one-item list) is increased by the
+    bytes of member data decoded.
+    """
+    out = []
+    append = out.append
+    pos = 0
+    end = len(buf)
+    scan = scan_json
+    startswith = buf.startswith
+    # header fields as locals (the loop runs once per example)
+    magic, magic_at, flag_at, prefix_at, size_at, name_end = (MAGIC, MAGIC_OFFSET, TYPEFLAG_OFFSET, PREFIX_OFFSET,
+                                                            SIZE_OFFSET, NAME_END)
+    size_end = size_at + 11  # the 11 octal digits (a size of 8 GiB or more is not this path's)
+    block = BLOCK
+    total = 0
+    try:
+        while pos + block <= end:
+            # startswith(x, at) rather than slices: no new bytes object per member
+            if not startswith(magic, pos + magic_at) or buf[pos + flag_at] not in (48, 0) or buf[pos + prefix_at]:
+                break  # not a plain ustar regular file with a short name
+            if not startswith(hexh, pos):
+                break  # not a member of this group: the general path names it
+            name_stop = buf.find(b"\0", pos, pos + name_end)
+            if not buf.endswith(b".json", pos, name_stop) or buf.find(b"/", pos, name_stop) >= 0:
+                break
+            size = int(buf[pos + size_at : pos + size_end], 8)
+            data_end = pos + block + size
+            nxt = data_end + (-size) % block
+            if data_end > end:
+                break
+            if nxt < end and buf[nxt]:  # another member of this example follows?
+                if buf[nxt + flag_at] not in (48, 0):
+                    break  # a pax / long-name record: its member's key is not in this header
+                key = buf[pos : name_stop - 4]  # "KEY."
+                if buf[nxt : nxt + len(key)] == key:
+                    break
+            text = buf[pos + block : data_end].decode("utf-8")
+            obj, stop = scan(text, 0)
+            if stop != len(text) or type(obj) is not dict:
+                break
+            append(obj)
+            total += size
+            pos = nxt
+        else:
+            if tally is not None:
+                tally[0] += total
+            return out
+    except Exception:  # anything unexpected: the general path validates and names it
+        pass
+    if tally is not None:
+        tally[0] += total
+    out.extend(assemble(checked_members(buf[pos:], where, base + pos, tally), where, base, hexh, gid))
+    return out

@@ -1,4 +1,11 @@
-"""Reading a grouped dataset: ``GroupedDataset``, ``Group`` and ``load_index``."""
+"""Reading a grouped dataset: opening it, the shard ``_Reader``, ``GroupedDataset``,
+``Group`` and ``load_index``.
+
+The rooms of the read path: ``storage`` (filesystems, retried reads),
+``tario`` (walking tar headers), ``codec`` (members -> examples, the streaming
+fast path), ``views`` (splits, ``FlatView``, ``Cohorts``); this module opens a
+dataset, reads group ranges and checks them against the index.
+"""
 from __future__ import annotations
 
 import copy
@@ -10,26 +17,65 @@ import posixpath
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch.utils.data
 
 from . import format as fmt
-from . import snapshots, views
+from . import snapshots, storage, views
+from .codec import decode_group
 from .features import ToArrays, array_fields
-from .writer import is_local
-from .codec import decode_field
 from .retry import retry
-from .tario import BLOCK, GroupMismatchError, TarFormatError, walk
+from .tario import GroupMismatchError, TarFormatError, whole_samples
+from .views import Cohorts, FlatView
 
-_loads = json.loads
-WHOLE_READ = 16 << 20  # groups up to this size are read with one ranged read
-WINDOW = 8 << 20  # larger groups are read in windows of this size
-OPEN_SHARDS = 8
+__all__ = ["GroupedDataset", "Group", "GroupLocation", "ReadOptions", "Cohorts", "FlatView", "load_index",
+           "shard_urls"]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a ``GroupedDataset`` reads its shards (``GroupedDataset(path, read_options=...)``).
+
+    Args:
+        whole_read: groups of up to this many bytes are read with one ranged read.
+        window: larger groups are read in windows of this many bytes, cut at
+            example boundaries (a window is widened for an example larger than it),
+            so memory stays bounded whatever a group's size.
+        open_shards: shard handles kept open per process for streaming.
+    """
+
+    whole_read: int = 16 << 20
+    window: int = 8 << 20
+    open_shards: int = 8
+
+    def __post_init__(self):
+        for name in ("whole_read", "window", "open_shards"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ReadOptions.{name} must be an int >= 1, got {v!r}")
+
+
+class GroupLocation(NamedTuple):
+    """Where a group's bytes are in its shard, and what a read must find there.
+
+    ``key_prefix``: every member's sample key starts with it (the hex of the
+    group's hash and ``_``); ``num_examples`` examples holding ``num_bytes``
+    bytes of member data.  ``ranged``: read by one stateless ranged request
+    (random access) rather than through the streaming handle.  (A named
+    tuple: one is made per group streamed.)"""
+
+    shard: str
+    offset: int
+    length: int
+    key_prefix: bytes
+    num_examples: int
+    num_bytes: int
+    ranged: bool = False
 
 
 class Group:
@@ -41,12 +87,14 @@ class Group:
     pickling) is materialized first: its examples travel as a list.
     """
 
-    __slots__ = ("id", "num_examples", "num_bytes", "num_words", "_examples", "_src")
+    __slots__ = ("id", "num_examples", "num_bytes", "num_words", "_examples", "_src", "_reader")
 
-    def __init__(self, id, examples=None, *, num_examples=None, num_bytes=0, num_words=0, _src=None):
+    def __init__(self, id, examples=None, *, num_examples=None, num_bytes=0, num_words=0,
+                 _src: GroupLocation | None = None, _reader: "_Reader | None" = None):
         self.id = id
         self._examples = examples
-        self._src = _src
+        self._src = _src  # where to read the examples (with _reader) until they are read
+        self._reader = _reader
         self.num_examples = len(examples) if num_examples is None else num_examples
         self.num_bytes = num_bytes
         self.num_words = num_words
@@ -57,22 +105,22 @@ class Group:
     def __iter__(self) -> Iterator[dict]:
         if self._examples is not None:
             return iter(self._examples)
-        return self._src[0].examples(*self._src[1:])
+        return self._reader.examples(self._src, self.id)
 
     def examples(self) -> list:
         """All examples as a list (reads the group if it was not read yet)."""
         if self._examples is None:
             self._examples = list(self)
-            self._src = None
+            self._src = self._reader = None
         return self._examples
 
     def split(self, parts: dict, *, seed: int = 0) -> dict:
         """This group's examples split into parts (``{"personalize": 0.8,
         "test": 0.2}`` or counts): the same parts as
         ``GroupedDataset.split_examples(parts, seed=seed)`` gives for it."""
-        kind = fmt.group_id_type(self.id) or "str"
+        id_type = fmt.group_id_type(self.id) or "str"
         exs = self.examples()
-        h = views.group_hash(self.id, kind)
+        h = views.group_hash(self.id, id_type)
         views.example_part_sizes(0, parts)  # checks the parts
         return {name: Group(self.id, [exs[i] for i in views.example_positions(len(exs), h, seed, parts, name)])
                 for name in parts}
@@ -91,9 +139,7 @@ def _rebuild_group(gid, examples, num_bytes, num_words):
 # ------------------------------------------------------------------ opening
 def _open_dataset(path, storage_options, snapshot=None):
     """(fs, folder holding the files, its URL, manifest, snapshot id or None)."""
-    url = os.fspath(path)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    root = root.rstrip("/") or "/"
+    fs, root, url = storage.location(path, storage_options)
     r = snapshots.resolve(fs, root, url, snapshot)
     return fs, r.root, r.url, r.manifest, r.snapshot
 
@@ -111,10 +157,9 @@ def shard_urls(path, storage_options: dict | None = None, *, snapshot: str | Non
     """URLs of the current (or the given) snapshot's shards, in dataset order,
     for stock readers: ``webdataset.WebDataset(tg.shard_urls(p))``,
     ``datasets.load_dataset("webdataset", data_files=tg.shard_urls(p))``."""
-    url = os.fspath(path)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    r = snapshots.resolve(fs, root.rstrip("/") or "/", url, snapshot)
-    base = r.root if is_local(fs) else fs.unstrip_protocol(r.root)
+    fs, root, url = storage.location(path, storage_options)
+    r = snapshots.resolve(fs, root, url, snapshot)
+    base = storage.full_url(fs, r.root)
     return [posixpath.join(base, _safe_shard(s["path"], r.url)) for s in r.manifest["shards"]]
 
 
@@ -126,8 +171,7 @@ def _safe_shard(name, where: str) -> str:
 
 def _read_index(fs, root) -> pa.Table:
     # ParquetFile.read, not read_table: read_table starts pyarrow.dataset (~0.25 s)
-    path = posixpath.join(root, fmt.INDEX)
-    raw = retry(fs.cat_file, path, what=f"read {path}")
+    raw = storage.read_bytes(fs, posixpath.join(root, fmt.INDEX))
     return pq.ParquetFile(pa.BufferReader(raw)).read()
 
 
@@ -138,9 +182,11 @@ class _Reader:
     filesystems such as s3fs are not fork-safe): after a fork, for instance in
     a DataLoader worker, the first read makes a fresh one."""
 
-    def __init__(self, fs, root: str, url: str, storage_options: dict | None = None):
+    def __init__(self, fs, root: str, url: str, storage_options: dict | None = None,
+                 options: ReadOptions | None = None):
         self._fs, self.root, self.url = fs, root, url
         self.storage_options = storage_options or {}
+        self.options = options or ReadOptions()
         self._pid = os.getpid()
         self._open: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
@@ -148,17 +194,18 @@ class _Reader:
     @property
     def fs(self):
         if self._pid != os.getpid() or self._fs is None:
-            self._fs = fsspec.core.url_to_fs(self.url, **self.storage_options)[0]
+            self._fs = storage.filesystem(self.url, self.storage_options)
             self._pid = os.getpid()
             self._open = OrderedDict()
             self._lock = threading.Lock()
         return self._fs
 
     def __getstate__(self):  # handles, the lock and the filesystem stay in this process
-        return {"root": self.root, "url": self.url, "storage_options": self.storage_options}
+        return {"root": self.root, "url": self.url, "storage_options": self.storage_options,
+                "options": self.options}
 
     def __setstate__(self, st):
-        self.__init__(None, st["root"], st["url"], st["storage_options"])
+        self.__init__(None, st["root"], st["url"], st["storage_options"], st["options"])
 
     def _file(self, shard: str):
         fs = self.fs  # first: in a forked process this drops the parent's handles, whose
@@ -167,7 +214,7 @@ class _Reader:
         if f is None:
             f = fs.open(posixpath.join(self.root, shard), "rb", block_size=4 << 20)
             self._open[shard] = f
-            if len(self._open) > OPEN_SHARDS:
+            if len(self._open) > self.options.open_shards:
                 self._open.popitem(last=False)[1].close()
         else:
             self._open.move_to_end(shard)
@@ -181,9 +228,8 @@ class _Reader:
         or with ``ranged`` as one stateless ranged request (random access,
         safe from any thread)."""
         if ranged:
-            path = posixpath.join(self.root, shard)
-            data = retry(self.fs.cat_file, path, start=offset, end=offset + length,
-                         what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
+            data = storage.read_bytes(self.fs, posixpath.join(self.root, shard), offset, offset + length,
+                                      what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
         else:
             data = retry(self._read_handle, shard, offset, length,
                          what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
@@ -209,18 +255,17 @@ class _Reader:
                         pass
                 raise
 
-    def examples(self, shard: str, offset: int, length: int, ranged: bool, gid, hexh: bytes,
-                 count: int, nbytes: int) -> Iterator[dict]:
-        """The examples of group ``gid`` at ``[offset, offset + length)`` of
-        ``shard``, checked: every member's sample key must start with
-        ``hexh`` (the group's hash and ``_``), and there must be ``count``
-        examples holding ``nbytes`` bytes of member data (so a range cut
-        short at a member boundary is found too); otherwise
-        GroupMismatchError names the shard and offset."""
+    def examples(self, loc: GroupLocation, gid) -> Iterator[dict]:
+        """The examples of group ``gid`` at ``loc``, checked: every member's
+        sample key must start with ``loc.key_prefix``, and there must be
+        ``loc.num_examples`` examples holding ``loc.num_bytes`` bytes of member
+        data (so a range cut short at a member boundary is found too);
+        otherwise GroupMismatchError names the shard and offset."""
+        shard, offset, length, hexh, count, nbytes, ranged = loc
         where = self.where(shard)
-        if length <= WHOLE_READ:
+        if length <= self.options.whole_read:
             tally = [0]
-            out = _decode_group(self.read(shard, offset, length, ranged), where, offset, hexh, gid, tally)
+            out = decode_group(self.read(shard, offset, length, ranged), where, offset, hexh, gid, tally)
             if len(out) != count or tally[0] != nbytes:
                 raise _count_mismatch(where, offset, gid, len(out), count, tally[0], nbytes)
             return iter(out)
@@ -228,27 +273,28 @@ class _Reader:
 
     def _stream_examples(self, shard, offset, length, where, ranged, gid, hexh, count, nbytes):
         """Examples of a group too large to read at once: window by window
-        (``WINDOW`` bytes, cut at example boundaries), so memory stays bounded
-        and each window takes the same fast path as a small group.  The count
-        is checked as soon as it is exceeded, and at the end of the group."""
+        (``options.window`` bytes, cut at example boundaries), so memory stays
+        bounded and each window takes the same fast path as a small group.
+        The count is checked as soon as it is exceeded, and at the end of the
+        group."""
         end = offset + length
         pos = offset
-        window = WINDOW
+        window = self.options.window
         n = 0
         tally = [0]
         while pos < end:
             chunk = self.read(shard, pos, min(window, end - pos), ranged)
-            cut = len(chunk) if pos + len(chunk) == end else _whole_examples(chunk, where, pos)
+            cut = len(chunk) if pos + len(chunk) == end else whole_samples(chunk, where, pos)
             if cut == 0:  # one example larger than the window: widen it
                 window *= 2
                 continue
-            part = _decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos, hexh, gid, tally)
+            part = decode_group(chunk[:cut] if cut < len(chunk) else chunk, where, pos, hexh, gid, tally)
             n += len(part)
             if n > count:
                 raise _count_mismatch(where, offset, gid, f"more than {count}", count, tally[0], nbytes)
             yield from part
             pos += cut
-            window = WINDOW
+            window = self.options.window
         if n != count or tally[0] != nbytes:
             raise _count_mismatch(where, offset, gid, n, count, tally[0], nbytes)
 
@@ -257,158 +303,6 @@ def _count_mismatch(where: str, offset: int, gid, n, count: int, got_bytes: int,
     return GroupMismatchError(f"{where}: byte offset {offset}: group {gid!r} holds {n} examples ({got_bytes} bytes "
                               f"of member data), the index says {count} ({nbytes} bytes): the index does not "
                               f"match the shard (a mixed-up or altered dataset)")
-
-
-def _whole_examples(chunk: bytes, where: str, base: int) -> int:
-    """Length of a prefix of ``chunk`` holding only whole examples (every
-    member of each sample key), from the tar headers alone.  Conservative:
-    the last example seen is left out, as the next window may continue it."""
-    example_start = 0
-    prev_key = None
-    for unit, name, _, _ in walk(chunk, where, base, partial=True):
-        key = name.split(".", 1)[0]
-        if key != prev_key:
-            example_start, prev_key = unit, key
-    return example_start
-
-
-_scan_json = json.JSONDecoder().scan_once
-
-
-def _decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally=None) -> list:
-    """All examples of group ``gid`` held in memory (the hot path of streaming).
-
-    Equivalent to ``list(_assemble(members, where, base, hexh, gid))`` in one
-    tight loop for the common case (one ``KEY.json`` member per example whose
-    key starts with ``hexh``, the group's hash and ``_``); from the first
-    member that is anything else it takes the general path, which checks the
-    tar header checksums, validates and names the byte offset of any damage
-    (GroupMismatchError for a member of another group).  ``tally[0]`` (a
-    one-item list) is increased by the bytes of member data decoded.
-    """
-    out = []
-    append = out.append
-    pos = 0
-    end = len(buf)
-    scan = _scan_json
-    startswith = buf.startswith
-    total = 0
-    try:
-        while pos + BLOCK <= end:
-            # startswith(x, at) rather than slices: no new bytes object per member
-            if not startswith(b"ustar", pos + 257) or buf[pos + 156] not in (48, 0) or buf[pos + 345]:
-                break  # not a plain ustar regular file with a short name
-            if not startswith(hexh, pos):
-                break  # not a member of this group: the general path names it
-            name_end = buf.find(b"\0", pos, pos + 100)
-            if not buf.endswith(b".json", pos, name_end) or buf.find(b"/", pos, name_end) >= 0:
-                break
-            size = int(buf[pos + 124 : pos + 135], 8)
-            data_end = pos + BLOCK + size
-            nxt = data_end + (-size) % BLOCK
-            if data_end > end:
-                break
-            if nxt < end and buf[nxt]:  # another member of this example follows?
-                if buf[nxt + 156] not in (48, 0):
-                    break  # a pax / long-name record: its member's key is not in this header
-                key = buf[pos : name_end - 4]  # "KEY."
-                if buf[nxt : nxt + len(key)] == key:
-                    break
-            text = buf[pos + BLOCK : data_end].decode("utf-8")
-            obj, stop = scan(text, 0)
-            if stop != len(text) or type(obj) is not dict:
-                break
-            append(obj)
-            total += size
-            pos = nxt
-        else:
-            if tally is not None:
-                tally[0] += total
-            return out
-    except Exception:  # anything unexpected: the general path validates and names it
-        pass
-    if tally is not None:
-        tally[0] += total
-    out.extend(_assemble(_checked_members(buf[pos:], where, base + pos, tally), where, base, hexh, gid))
-    return out
-
-
-def _checked_members(buf, where: str, base: int, tally=None):
-    """``(name, data, byte offset)`` of each member, as ``iter_members``, after
-    checking the tar header checksum of the member and of the record that
-    starts its unit (a pax long name): a damaged name or size in a header is
-    an error here, not a member read under another name.  ``buf`` holds whole
-    members only (a group, or a window cut at an example boundary): bytes
-    after the last member (an end-of-archive block, or records that are not
-    members) are an error too, not members quietly left out."""
-    done = 0
-    for unit, name, start, stop in walk(buf, where, base):
-        for h in {unit, start - BLOCK}:
-            hdr = bytes(buf[h : h + BLOCK])
-            field = hdr[148:156].rstrip(b"\0 ").lstrip(b" ")
-            summed = hdr[:148] + b"        " + hdr[156:]  # the checksum field counts as spaces
-            unsigned = sum(summed)
-            try:
-                stored = int(field, 8)
-            except ValueError:
-                stored = None
-            if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in summed):
-                raise TarFormatError(f"{where}: byte offset {base + h}: tar header checksum does not match "
-                                     f"(corrupt shard)")
-        if tally is not None:
-            tally[0] += stop - start
-        yield name, buf[start:stop], base + start - BLOCK
-        done = stop + (-(stop - start)) % BLOCK
-    if done < len(buf):
-        raise TarFormatError(f"{where}: byte offset {base + done}: {len(buf) - done} bytes after the last member "
-                             f"of the group are not a member (corrupt shard, or an index that does not match it)")
-
-
-def _assemble(members, where: str = "", base: int = 0, hexh: bytes | None = None, gid=None) -> Iterator[dict]:
-    """Group consecutive members with one sample key into example dicts.
-
-    ``members`` yields ``(name, data)`` or ``(name, data, byte offset)``.
-    With ``hexh`` (the group's hash and ``_``), a member whose sample key
-    does not start with it raises GroupMismatchError.  A member that does not
-    decode (whatever the error) raises TarFormatError naming the shard, the
-    byte offset and the member."""
-    cur = None
-    ex = None
-    prefix = None if hexh is None else hexh.decode("ascii")
-    for name, data, *at in members:
-        off = at[0] if at else base
-        dot = name.find(".")
-        if dot <= 0:
-            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} at byte offset {off} "
-                                 f"has no KEY.EXT name")
-        key = name[:dot]
-        suffix = name[dot + 1 :]
-        if key != cur:
-            if prefix is not None and not key.startswith(prefix):
-                raise GroupMismatchError(
-                    f"{where}: byte offset {off}: member {name!r} is not of group {gid!r} (its sample key "
-                    f"does not start with the group's hash {prefix[:16]}): the index does not match the "
-                    f"shard (a mixed-up or altered dataset)")
-            if ex is not None:
-                yield ex
-            cur = key
-            ex = None
-        try:
-            if suffix == "json":
-                obj = _loads(data if type(data) is bytes else bytes(data))
-                if type(obj) is not dict:
-                    raise ValueError(f"JSON member holds a {type(obj).__name__}, not an object")
-                ex = obj if ex is None else {**obj, **ex}
-            else:
-                if ex is None:
-                    ex = {}
-                k, v = decode_field(suffix, data)
-                ex[k] = v
-        except Exception as e:  # ValueError, MemoryError, RecursionError...: all name the member
-            raise TarFormatError(f"{where}: group at byte offset {base}: member {name!r} does not decode "
-                                 f"(corrupt data?) at byte offset {off}: {type(e).__name__}: {e}") from None
-    if ex is not None:
-        yield ex
 
 
 def _int64_column(table: pa.Table, name: str) -> np.ndarray:
@@ -478,12 +372,17 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             naming the shard and byte offset ("raise"), or is skipped with a
             warning and recorded in ``skipped`` ("skip"; groups are then read
             whole before they are yielded).
+        read_options: how shards are read (:class:`ReadOptions`: the largest
+            group read at once, the window size for larger ones, open shard
+            handles); the defaults suit local disks and object stores.
     """
 
     def __init__(self, path, *, shuffle: bool = False, seed: int = 0, storage_options: dict | None = None,
                  rank: int | None = None, world_size: int | None = None, on_error: str = "raise",
-                 snapshot: str | None = None, arrays: bool = True):
+                 snapshot: str | None = None, arrays: bool = True, read_options: ReadOptions | None = None):
         super().__init__()
+        if read_options is not None and not isinstance(read_options, ReadOptions):
+            raise TypeError(f"read_options must be a ReadOptions, got {type(read_options).__name__}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if (rank is None) != (world_size is None):
@@ -506,7 +405,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         # cohorts read this folder, whatever is committed later
         fs, self.root, folder_url, self.manifest, self.snapshot = _open_dataset(path, storage_options, snapshot)
         self.url = self.path
-        self._reader = _Reader(fs, self.root, folder_url, storage_options)
+        self._reader = _Reader(fs, self.root, folder_url, storage_options, read_options)
         self._index = None
         self._cols = None
         self._by_id = None
@@ -568,6 +467,16 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def group_ids(self) -> list:
         return list(self._columns()["ids"])
 
+    def group_ids_at(self, rows) -> list:
+        """The group ids at index rows ``rows`` (of this view), in that order."""
+        ids = self._columns()["ids"]
+        return [ids[int(i)] for i in rows]
+
+    def group_num_examples(self) -> np.ndarray:
+        """Examples of each group, by index row (of this view), as the index
+        records them (whole groups, before any example split)."""
+        return self._columns()["num_examples"]
+
     def __repr__(self) -> str:
         view = f", view={[d['name'] for _, d in self._view]}" if self._view else ""
         return (f"GroupedDataset({self.url!r}{view}, groups={len(self)}, examples={self.num_examples}, "
@@ -622,9 +531,9 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                                                    "min_examples": min_examples})
                 for name in parts}
 
-    def _with_view(self, kind: str, spec: dict) -> "GroupedDataset":
+    def _with_view(self, step: str, spec: dict) -> "GroupedDataset":
         new = copy.copy(self)
-        new._view = self._view + ((kind, spec),)
+        new._view = self._view + ((step, spec),)
         new._cols = new._by_id = None
         new._resume = None
         new._delivered = 0
@@ -636,11 +545,11 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         base = copy.copy(self)
         base._view, base._cols, base._by_id = (), None, None
         c = dict(base._columns())
-        kind = self.manifest.get("group_id_type", "str")
+        id_type = self.manifest.get("group_id_type", "str")
         for step, spec in self._view:
             n = c.get("part_n", c["num_examples"])
             if step == "groups":
-                rows = views.group_split_rows(c["ids"], kind, spec["parts"], spec["seed"])[spec["name"]]
+                rows = views.group_split_rows(c["ids"], id_type, spec["parts"], spec["seed"])[spec["name"]]
                 part_n = n[rows]
             else:
                 k = list(spec["parts"]).index(spec["name"])
@@ -656,12 +565,12 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     def _select_examples(self, g):
         """The group restricted to this view's example parts (read whole)."""
-        kind = self.manifest.get("group_id_type", "str")
+        id_type = self.manifest.get("group_id_type", "str")
         for step, spec in self._view:
             if step != "examples":
                 continue
             exs = g.examples()
-            pos = views.example_positions(len(exs), views.group_hash(g.id, kind), spec["seed"], spec["parts"],
+            pos = views.example_positions(len(exs), views.group_hash(g.id, id_type), spec["seed"], spec["parts"],
                                           spec["name"])
             g = Group(g.id, [exs[i] for i in pos], num_bytes=g.num_bytes, num_words=g.num_words)
         return g
@@ -673,7 +582,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """This reader's position: epoch and groups delivered in it."""
-        reader, readers, _ = self._share()
+        reader, readers, _ = self.reader_share()
         return {"epoch": self.epoch, "delivered": self._delivered, "reader": reader, "readers": readers,
                 "seed": self.seed, "shuffle": self.shuffle, "num_groups": len(self),
                 "fingerprint": self.fingerprint, "snapshot": self.snapshot}
@@ -733,12 +642,13 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             if idx["group_id"].null_count:
                 raise ValueError(f"{self.url}: index row {ids.index(None)}: group_id is null (a damaged index)")
             t = idx.schema.field("group_id").type
-            kind = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t) else "int" if pa.types.is_integer(t)
-                    else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
-            if kind is None or kind != self.manifest.get("group_id_type", kind):
+            id_type = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t)
+                       else "int" if pa.types.is_integer(t)
+                       else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
+            if id_type is None or id_type != self.manifest.get("group_id_type", id_type):
                 raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
                                  f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
-            self._cols = {"ids": ids, "kind": kind, "shard_names": list(names), "shard": shard, **cols}
+            self._cols = {"ids": ids, "id_type": id_type, "shard_names": list(names), "shard": shard, **cols}
         return self._cols
 
     def _group(self, i: int, ranged: bool = False) -> Group:
@@ -749,11 +659,13 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         n = int(c["num_examples"][i])
         # members must carry the group's hash in their sample key (checked on every read): the hex
         # of fmt.group_hash's blake2b-64 digest, as fmt.sample_key writes it, computed in one step
-        hexh = _blake2b(fmt.canonical_group_id(gid, c["kind"]), digest_size=8).hexdigest().encode() + b"_"
+        hexh = _blake2b(fmt.canonical_group_id(gid, c["id_type"]), digest_size=8).hexdigest().encode() + b"_"
+        nbytes = int(c["num_bytes"][i])
         return Group(
-            gid, num_examples=n, num_bytes=int(c["num_bytes"][i]), num_words=int(c["num_words"][i]),
-            _src=(self._reader, c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]),
-                  ranged, gid, hexh, n, int(c["num_bytes"][i])),
+            gid, num_examples=n, num_bytes=nbytes, num_words=int(c["num_words"][i]),
+            _src=GroupLocation(c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]), hexh,
+                               n, nbytes, ranged),
+            _reader=self._reader,
         )
 
     def _apply(self, g):
@@ -768,27 +680,40 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
     def __getitem__(self, group_id):
         """Random access to one group by id (one ranged read of its shard)."""
-        return self._apply(self._group(self.position_of(group_id), ranged=True))
+        return self.group_at(self.position_of(group_id))
+
+    def group_at(self, row: int, *, materialize: bool = False):
+        """The group at index row ``row`` (of this view), read by one ranged
+        request (random access, safe from any thread), after this view's
+        example split and ``map_groups`` functions.  ``materialize``: its
+        examples are read before those run (a thread fetching groups does the
+        reading itself)."""
+        g = self._group(row, ranged=True)
+        if materialize:
+            g.examples()
+        return self._apply(g)
 
     def position_of(self, group_id) -> int:
         """The group's row in the index."""
         if self._by_id is None:
             self._by_id = {g: i for i, g in enumerate(self._columns()["ids"])}
-        kind = self.manifest.get("group_id_type")
-        if type(group_id) is not int or kind != "int":  # 1.0 and True hash like 1: check the type
-            ok = {"int": int, "str": str, "bytes": bytes}.get(kind, object)
-            if isinstance(group_id, np.integer) and kind == "int":
+        id_type = self.manifest.get("group_id_type")
+        if type(group_id) is not int or id_type != "int":  # 1.0 and True hash like 1: check the type
+            ok = {"int": int, "str": str, "bytes": bytes}.get(id_type, object)
+            if isinstance(group_id, np.integer) and id_type == "int":
                 group_id = int(group_id)
             elif not isinstance(group_id, ok) or isinstance(group_id, bool):
                 raise KeyError(f"no group {group_id!r} of type {type(group_id).__name__} in {self.url}: "
-                               f"its group ids are {kind}")
+                               f"its group ids are {id_type}")
         try:
             return self._by_id[group_id]
         except (KeyError, TypeError):
             raise KeyError(f"no group {group_id!r} in {self.url}") from None
 
-    def _share(self) -> tuple[int, int, bool]:
-        """(reader number, number of readers, in a worker?) for this process."""
+    def reader_share(self) -> tuple[int, int, bool]:
+        """(reader number, number of readers, in a DataLoader worker?) for this
+        process: readers are distributed ranks x DataLoader workers, and each
+        reads a disjoint share of the groups."""
         info = torch.utils.data.get_worker_info()
         nw, wid = (info.num_workers, info.id) if info is not None else (1, 0)
         rank, world = self.rank, self.world_size
@@ -823,7 +748,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return order[owner == reader]
 
     def __iter__(self):
-        reader, readers, in_worker = self._share()
+        reader, readers, in_worker = self.reader_share()
         start = 0
         if self._resume is not None:
             st, self._resume = self._resume, None
@@ -892,102 +817,3 @@ class GroupedDataset(torch.utils.data.IterableDataset):
 
         c = self.cohorts(size, seed=seed, replacement=replacement, weighted=weighted, rounds=rounds)
         return (c.ids(r) for r in (range(rounds) if rounds is not None else itertools.count()))
-
-
-class FlatView(torch.utils.data.IterableDataset):
-    """Examples of a GroupedDataset with their group ids (``GroupedDataset.examples``)."""
-
-    def __init__(self, ds: GroupedDataset, shuffle_buffer: int, seed: int):
-        super().__init__()
-        if shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
-        self.ds, self.shuffle_buffer, self.seed = ds, shuffle_buffer, seed
-
-    def __len__(self) -> int:
-        return self.ds.num_examples
-
-    def __iter__(self):
-        reader, readers, _ = self.ds._share()
-        groups = (g for g in self.ds)
-        if not self.shuffle_buffer:
-            for g in groups:
-                for ex in g:
-                    yield g.id, ex
-            return
-        rng = np.random.default_rng([self.seed, self.ds.epoch, reader, readers])
-        buf: list = []
-        for g in groups:
-            for ex in g:
-                if len(buf) < self.shuffle_buffer:
-                    buf.append((g.id, ex))
-                    continue
-                j = int(rng.integers(len(buf)))
-                out, buf[j] = buf[j], (g.id, ex)
-                yield out
-        rng.shuffle(buf)
-        yield from buf
-
-
-class Cohorts:
-    """Rounds of groups drawn from a GroupedDataset (see ``GroupedDataset.cohorts``)."""
-
-    def __init__(self, ds: GroupedDataset, size: int, *, seed: int, replacement: str, weighted: bool,
-                 rounds: int | None, num_threads: int):
-        n = len(ds)
-        if not 1 <= size <= n:
-            raise ValueError(f"cohort size must be between 1 and the {n} groups, got {size}")
-        if replacement not in ("epoch", "independent"):
-            raise ValueError(f"replacement must be 'epoch' or 'independent', got {replacement!r}")
-        if weighted and replacement != "independent":
-            raise ValueError("weighted=True draws each round independently: use replacement='independent'")
-        self.ds, self.size, self.seed = ds, size, int(seed)
-        self.replacement, self.weighted = replacement, weighted
-        self.rounds, self.num_threads = rounds, num_threads
-        self.round = 0
-        self._perm_epoch, self._perm = None, None
-
-    def rows(self, r: int) -> np.ndarray:
-        """Index rows of round ``r``'s cohort (no reading)."""
-        n = len(self.ds)
-        if self.replacement == "independent":
-            rng = np.random.default_rng([self.seed, r])
-            p = None
-            if self.weighted:
-                w = self.ds._columns()["num_examples"].astype(np.float64)
-                p = w / w.sum()
-            return rng.choice(n, size=self.size, replace=False, p=p)
-        per_epoch = n // self.size  # full cohorts per pass over all groups
-        epoch, k = divmod(r, per_epoch)
-        if self._perm_epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
-            self._perm_epoch = epoch
-        return self._perm[k * self.size:(k + 1) * self.size]
-
-    def state_dict(self) -> dict:
-        return {"round": self.round, "seed": self.seed, "size": self.size, "replacement": self.replacement}
-
-    def load_state_dict(self, state: dict) -> None:
-        if (state["seed"], state["size"], state["replacement"]) != (self.seed, self.size, self.replacement):
-            raise ValueError("cohort state was saved with another seed, size or replacement")
-        self.round = int(state["round"])
-
-    def __iter__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        ds = self.ds
-
-        def fetch(row):
-            g = ds._group(int(row), ranged=True)
-            g.examples()
-            return ds._apply(g)
-
-        with ThreadPoolExecutor(self.num_threads) as pool:
-            while self.rounds is None or self.round < self.rounds:
-                cohort = list(pool.map(fetch, self.rows(self.round)))
-                self.round += 1
-                yield cohort
-
-    def ids(self, r: int) -> list:
-        """Group ids of round ``r``'s cohort, in draw order (no group is read)."""
-        ids = self.ds._columns()["ids"]
-        return [ids[int(i)] for i in self.rows(r)]

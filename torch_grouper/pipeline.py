@@ -6,16 +6,13 @@ import posixpath
 import time
 import warnings
 
-import fsspec
-
 from . import format as fmt
-from . import snapshots
+from . import snapshots, storage
 from ._version import __version__
 from .engines import Job, resolve_engine
 from .features import features_dict
 from .labels import label_summary
 from .partitioners import describe_key, key_function
-from .retry import retry
 from .sources import as_source
 from .writer import index_table, json_safe, write_index, write_manifest
 
@@ -134,9 +131,7 @@ def partition(
         raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
     keyfn = key_function(key)
     storage_options = dict(storage_options or {})
-    out_url = os.fspath(output)
-    fs, root = fsspec.core.url_to_fs(out_url, **storage_options)
-    root = root.rstrip("/") or "/"
+    fs, root, out_url = storage.location(output, storage_options)
     own = _stage is None
     if own:
         if keep_snapshots < 1:
@@ -272,7 +267,7 @@ def _check_output(fs, root: str, url: str, overwrite: bool):
             f"{url} already holds a complete torch_grouper dataset; pass overwrite=True to replace it"
         )
     if fs.exists(root):
-        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        names = storage.list_names(fs, root)
         mine = set(fmt.OWNED_NAMES)
         if old_v1 is not None:
             mine |= {old_v1["index"]["path"]} | {sh["path"] for sh in old_v1["shards"]}
@@ -294,11 +289,11 @@ def _after_commit(fs, root: str, url: str, old_v1: dict | None, keep: int) -> No
         mpath = posixpath.join(root, fmt.MANIFEST)
         marker = fmt.dump_manifest(fmt.root_marker())
         try:
-            have = retry(fs.cat_file, mpath, what=f"read {mpath}")
+            have = storage.read_bytes(fs, mpath)
         except FileNotFoundError:
             have = None
         if have != marker:
-            snapshots.write_whole(fs, mpath, marker)
+            storage.write_whole(fs, mpath, marker)
         snapshots.checkpoint("marker-written")
         if old_v1 is not None:  # only the files the version 1 manifest lists
             names = [old_v1["index"]["path"]] + [sh["path"] for sh in old_v1["shards"]]
@@ -374,9 +369,7 @@ def partition_together(jobs, output: str | os.PathLike, *, overwrite: bool = Fal
         raise ValueError(f"dataset names must be distinct, got {names}")
     if keep_snapshots < 1:
         raise ValueError(f"keep_snapshots must be >= 1, got {keep_snapshots}")
-    out_url = os.fspath(output)
-    fs, root = fsspec.core.url_to_fs(out_url, **dict(storage_options or {}))
-    root = root.rstrip("/") or "/"
+    fs, root, out_url = storage.location(output, storage_options)
     base, old_v1 = _check_output(fs, root, out_url, overwrite)
     stage = snapshots.Staged(fs, root, out_url, base)
     manifests = []

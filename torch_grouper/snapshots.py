@@ -31,6 +31,9 @@ are removed by ``vacuum``: on a local disk as soon as their writer's
 ``lease`` seconds (writers refresh it every ``lease / 4`` seconds).
 Log entries are never deleted (they are small): a sequence number is never
 reused, so a stale writer can never create an entry that is not the newest.
+
+The exclusive create and the atomic write are ``torch_grouper.storage``'s
+(``create_exclusive``, ``write_whole``); this module holds the protocol.
 """
 from __future__ import annotations
 
@@ -44,16 +47,14 @@ from dataclasses import dataclass
 
 from . import format as fmt
 from .retry import retry
-from .writer import is_local
+from . import storage
+from .storage import create_exclusive, is_local, is_memory, list_names, location, read_bytes
 
 #: Seconds after which the staged snapshot of a writer that stopped refreshing its
 #: lease counts as abandoned (object stores; local disks use flock instead).
 DEFAULT_LEASE = 15 * 60
 #: Snapshots kept by the vacuum that follows each commit (the current one and the previous).
 DEFAULT_KEEP = 2
-
-_memory_lock = threading.Lock()
-
 
 class ConcurrentCommitError(RuntimeError):
     """Another writer committed to the same dataset while this one ran."""
@@ -68,11 +69,6 @@ def checkpoint(step: str) -> None:
 
     Fault-injection tests replace it (in a subprocess) to kill the writer at
     an exact step; see tests/test_snapshots.py."""
-
-
-def _is_memory(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol == "memory"
 
 
 def join_url(url: str, *parts: str) -> str:
@@ -107,7 +103,7 @@ def _entry_from(raw: bytes, where: str) -> Entry:
 def _log_sequences(fs, root: str) -> list[int]:
     log = posixpath.join(root, fmt.LOG_DIR)
     try:
-        names = [posixpath.basename(p.rstrip("/")) for p in retry(fs.ls, log, detail=False, what=f"list {log}")]
+        names = list_names(fs, log)
     except FileNotFoundError:
         return []
     seqs = []
@@ -120,7 +116,7 @@ def _log_sequences(fs, root: str) -> list[int]:
 
 def read_entry(fs, root: str, seq: int) -> Entry:
     path = posixpath.join(root, fmt.LOG_DIR, fmt.log_name(seq))
-    e = _entry_from(retry(fs.cat_file, path, what=f"read {path}"), path)
+    e = _entry_from(read_bytes(fs, path), path)
     if e.sequence != seq:
         raise ValueError(f"{path}: commit log entry says sequence {e.sequence}")
     return e
@@ -137,65 +133,6 @@ def history(fs, root: str) -> list[Entry]:
     """Every commit, oldest first."""
     fs.invalidate_cache(posixpath.join(root, fmt.LOG_DIR))
     return [read_entry(fs, root, s) for s in _log_sequences(fs, root)]
-
-
-def create_exclusive(fs, path: str, data: bytes) -> None:
-    """Write ``path`` whole, only if it does not exist; FileExistsError otherwise.
-
-    Local disk: a temporary file hard-linked into place (atomic and
-    exclusive); S3 / GCS and other fsspec stores: ``pipe_file(mode="create")``
-    (a conditional PUT where the store has one); ``memory://``: under a
-    process-wide lock (the store lives in one process)."""
-    if is_local(fs):
-        _via_temp(path, data, os.link)  # whole, and only if ``path`` does not exist
-        _fsync_dir(posixpath.dirname(path))
-    elif _is_memory(fs):
-        with _memory_lock:
-            if fs.exists(path):
-                raise FileExistsError(path)
-            fs.pipe_file(path, data)
-    else:
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data, mode="create")
-
-
-def _via_temp(path: str, data: bytes, place) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then
-    ``place(tmp, path)`` (``os.link``: exclusive; ``os.replace``: atomic);
-    the temporary file never outlives the call."""
-    d = posixpath.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    tmp = posixpath.join(d, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        place(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_whole(fs, path: str, data: bytes) -> None:
-    """Replace ``path`` atomically (rename locally; one PUT on object stores)."""
-    if is_local(fs):
-        _via_temp(path, data, os.replace)
-    else:
-        retry(fs.pipe_file, path, data, what=f"write {path}")
 
 
 # ------------------------------------------------------------------ staging
@@ -243,7 +180,7 @@ class Staged:
         else:
             fs.makedirs(posixpath.dirname(self.lease_path), exist_ok=True)
             retry(fs.pipe_file, self.lease_path, self._lease_bytes(), what=f"write {self.lease_path}")
-            if not _is_memory(fs):
+            if not is_memory(fs):
                 self._thread = threading.Thread(target=self._heartbeat, name="torch_grouper-lease", daemon=True)
                 self._thread.start()
             fs.makedirs(self.folder, exist_ok=True)
@@ -354,7 +291,7 @@ def top_manifest(fs, root: str, url: str) -> dict | None:
     marker), or None when there is none."""
     mpath = posixpath.join(root, fmt.MANIFEST)
     try:
-        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
+        raw = read_bytes(fs, mpath)
     except FileNotFoundError:
         return None
     return fmt.parse_manifest(raw, url)
@@ -378,9 +315,9 @@ def resolve(fs, root: str, url: str, snapshot: str | None = None) -> Resolved:
         if pentry is not None and pentry.parts and part in pentry.parts:
             purl = posixpath.dirname(url.rstrip("/"))
             return _snapshot_files(fs, parent, purl, pentry.snapshot, part, pentry)
-    if not fs.exists(root):
+    if not storage.exists(fs, root):
         raise FileNotFoundError(f"{url} does not exist")
-    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.isdir(root) else []
+    names = storage.list_names(fs, root) if storage.is_dir(fs, root) else []
     if any(fmt.SHARD_RE.match(n) or n == fmt.INDEX or n == fmt.SNAPSHOTS_DIR for n in names):
         raise ValueError(
             f"{url} holds an incomplete torch_grouper dataset (no committed snapshot, no manifest.json): the "
@@ -403,7 +340,7 @@ def _snapshot_files(fs, root, url, sid, part, entry, pinned=None) -> Resolved:
         folder, furl = posixpath.join(folder, part), join_url(furl, part)
     mpath = posixpath.join(folder, fmt.MANIFEST)
     try:
-        raw = retry(fs.cat_file, mpath, what=f"read {mpath}")
+        raw = read_bytes(fs, mpath)
     except FileNotFoundError:
         raise SnapshotNotFoundError(
             f"{url}: snapshot {sid} is not available (removed by vacuum, or never committed); "
@@ -502,14 +439,6 @@ def vacuum_root(fs, root: str, url: str, *, keep: int = DEFAULT_KEEP, older_than
 
 
 # ------------------------------------------------------------------ public API
-def _fs_root(path, storage_options):
-    import fsspec
-
-    url = os.fspath(path)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, root.rstrip("/") or "/", url
-
-
 def vacuum(path, *, keep: int = DEFAULT_KEEP, older_than: float = 0.0, lease: float = DEFAULT_LEASE,
            storage_options: dict | None = None, dry_run: bool = False) -> list[str]:
     """Remove old snapshots of the dataset at ``path``; returns their ids.
@@ -521,14 +450,14 @@ def vacuum(path, *, keep: int = DEFAULT_KEEP, older_than: float = 0.0, lease: fl
     ``lease`` seconds), never a live writer's.  A reader that pinned a removed
     snapshot gets ``SnapshotNotFoundError`` naming it.  ``partition`` runs
     this with ``keep=2`` after each commit."""
-    fs, root, url = _fs_root(path, storage_options)
+    fs, root, url = location(path, storage_options)
     return vacuum_root(fs, root, url, keep=keep, older_than=older_than, lease=lease, dry_run=dry_run)
 
 
 def list_snapshots(path, *, storage_options: dict | None = None) -> list[dict]:
     """The dataset's commits, oldest first: ``{"sequence", "snapshot", "parts",
     "committed_at", "available"}`` (``available``: its files are still there)."""
-    fs, root, url = _fs_root(path, storage_options)
+    fs, root, url = location(path, storage_options)
     sdir = posixpath.join(root, fmt.SNAPSHOTS_DIR)
     try:
         present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(sdir, detail=False)}

@@ -35,6 +35,8 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 import fsspec
 
+from . import storage
+
 SLICE_BYTES = 8 << 20  # default byte range of one file slice
 HF_SLICE_ROWS = 20_000
 CHUNK_EXAMPLES = 5_000  # examples per chunk of a streamed (iterable) source
@@ -326,8 +328,8 @@ class ParquetSlice(FileSlice):
         import pyarrow.parquet as pq
 
         url, row_groups = self.url, self.row_groups
-        fs, path = fsspec.core.url_to_fs(url, **(self.storage_options or {}))
-        local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
+        fs, path, _ = storage.location(url, self.storage_options)
+        local = storage.is_local(fs)
         # a local file is read by Arrow itself: through a Python file object every
         # page read is one more copy of the page
         with contextlib.nullcontext(path) if local else fs.open(path, "rb") as f:
@@ -558,7 +560,7 @@ def _expand(paths, storage_options):
     out = []
     for p in paths:
         p = os.fspath(p)
-        fs, _, _ = fsspec.get_fs_token_paths(p, storage_options=storage_options or {})
+        fs = storage.filesystem(p, storage_options)
         if any(c in p for c in "*?["):
             found = sorted(fs.glob(p))
             if not found:
@@ -618,7 +620,7 @@ def _file_source(paths, storage_options, parallelism, slice_bytes) -> Source:
             )
         formats.add(cls.format)
         size = int(info.get("size") or 0)
-        url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
+        url = storage.full_url(fs, f)
         # surrogateescape: a local file name that is not UTF-8 (os.fsdecode) hashes as its bytes
         fp.update(f"{url}\0{size}\0{info.get('mtime', info.get('LastModified', ''))}\0".encode(
             "utf-8", "surrogateescape"))

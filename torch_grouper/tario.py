@@ -15,6 +15,15 @@ from __future__ import annotations
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
+# Fields of a ustar header block (POSIX.1-1988) that the reader looks at:
+# byte offsets into the 512-byte block, and their ends.
+NAME_OFFSET, NAME_END = 0, 100  # member name (NUL-padded)
+SIZE_OFFSET, SIZE_END = 124, 136  # data size: 11 octal digits and a NUL (or GNU base-256)
+CHECKSUM_OFFSET, CHECKSUM_END = 148, 156  # header checksum: octal; counted as 8 spaces itself
+TYPEFLAG_OFFSET, TYPEFLAG_END = 156, 157  # b"0" or NUL: a regular file; b"x": pax record; b"L": GNU long name
+MAGIC_OFFSET, MAGIC_END, MAGIC = 257, 262, b"ustar"  # the magic (then NUL or a space, and the version)
+PREFIX_OFFSET, PREFIX_END = 345, 500  # name prefix (joined to the name with "/")
+
 
 class TarFormatError(ValueError):
     """A shard is not a well-formed tar of regular files."""
@@ -133,25 +142,25 @@ def walk(buf, where: str, base: int = 0, partial: bool = False):
     unit = 0
     while pos + BLOCK <= end:
         h = buf[pos : pos + BLOCK]
-        if h[257:262] != b"ustar":
+        if h[MAGIC_OFFSET:MAGIC_END] != MAGIC:
             if not any(h):
                 return
             raise _bad(where, base + pos, "not a tar header (corrupt or truncated shard)")
-        size = _parse_size(h[124:136], where, base + pos)
+        size = _parse_size(h[SIZE_OFFSET:SIZE_END], where, base + pos)
         start = pos + BLOCK
         stop = start + size
         if stop > end:
             if partial:
                 return
             raise _bad(where, base + pos, f"member of {size} bytes runs past the end of the data (truncated shard)")
-        flag = h[156:157]
+        flag = h[TYPEFLAG_OFFSET:TYPEFLAG_END]
         if flag == b"0" or flag == b"\0":
             if longname is not None:
                 name = longname
                 longname = None
             else:
-                name = bytes(h[0:100]).split(b"\0", 1)[0]
-                prefix = bytes(h[345:500]).split(b"\0", 1)[0]
+                name = bytes(h[NAME_OFFSET:NAME_END]).split(b"\0", 1)[0]
+                prefix = bytes(h[PREFIX_OFFSET:PREFIX_END]).split(b"\0", 1)[0]
                 if prefix:
                     name = prefix + b"/" + name
                 name = name.decode("utf-8", "surrogateescape")
@@ -175,6 +184,59 @@ def iter_members(buf, where: str, base: int = 0):
     holding whole members (see ``walk``)."""
     for _, name, start, stop in walk(buf, where, base):
         yield name, buf[start:stop]
+
+
+def header_checksum_ok(header) -> bool:
+    """Whether a 512-byte header block's stored checksum matches its bytes
+    (the unsigned sum, or the signed sum some old writers stored)."""
+    hdr = bytes(header)
+    field = hdr[CHECKSUM_OFFSET:CHECKSUM_END].rstrip(b"\0 ").lstrip(b" ")
+    summed = hdr[:CHECKSUM_OFFSET] + b"        " + hdr[CHECKSUM_END:]  # the checksum field counts as spaces
+    unsigned = sum(summed)
+    try:
+        stored = int(field, 8)
+    except ValueError:
+        return False
+    return stored == unsigned or stored == unsigned - 256 * sum(b > 127 for b in summed)
+
+
+def checked_members(buf, where: str, base: int = 0, tally=None):
+    """``(name, data, byte offset of its header)`` of each member, as
+    ``iter_members``, after checking the header checksum of the member and of
+    the record that starts its unit (a pax long name): a damaged name or size
+    in a header is an error here, not a member read under another name.
+    ``buf`` holds whole members only (a group, or a window cut at a sample
+    boundary): bytes after the last member (an end-of-archive block, or
+    records that are not members) are an error too, not members quietly left
+    out.  ``tally[0]`` (a one-item list), when given, is increased by each
+    member's data size."""
+    done = 0
+    for unit, name, start, stop in walk(buf, where, base):
+        for h in {unit, start - BLOCK}:
+            if not header_checksum_ok(buf[h : h + BLOCK]):
+                raise _bad(where, base + h, "tar header checksum does not match (corrupt shard)")
+        if tally is not None:
+            tally[0] += stop - start
+        yield name, buf[start:stop], base + start - BLOCK
+        done = stop + (-(stop - start)) % BLOCK
+    if done < len(buf):
+        raise _bad(where, base + done, f"{len(buf) - done} bytes after the last member of the group are not a "
+                                       f"member (corrupt shard, or an index that does not match it)")
+
+
+def whole_samples(buf, where: str, base: int = 0) -> int:
+    """Length of a prefix of ``buf`` (tar bytes starting at a member) holding
+    only whole WebDataset samples (every member ``KEY.*`` of each sample key
+    ``KEY``), from the headers alone.  Conservative: the last sample seen is
+    left out, as the bytes after ``buf`` may continue it.  0 when ``buf`` does
+    not hold one whole sample before the last."""
+    sample_start = 0
+    prev_key = None
+    for unit, name, _, _ in walk(buf, where, base, partial=True):
+        key = name.split(".", 1)[0]
+        if key != prev_key:
+            sample_start, prev_key = unit, key
+    return sample_start
 
 
 def _pax_path(data: bytes, where: str, offset: int):

@@ -1,27 +1,10 @@
 """``verify(path)``: check a dataset against its manifest, naming every problem."""
 from __future__ import annotations
 
-import hashlib
-import os
 import posixpath
 
-import fsspec
-
 from . import format as fmt
-from . import snapshots
-from .retry import retry
-
-
-def _sha256(fs, path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with fs.open(path, "rb", block_size=8 << 20) as f:
-        while True:
-            chunk = f.read(8 << 20)
-            if not chunk:
-                return h.hexdigest(), n
-            h.update(chunk)
-            n += len(chunk)
+from . import snapshots, storage
 
 
 def verify(path, storage_options: dict | None = None, *, snapshot: str | None = None) -> list[str]:
@@ -32,9 +15,7 @@ def verify(path, storage_options: dict | None = None, *, snapshot: str | None = 
     sha256 differs from the manifest (a flipped byte, a truncated file), and
     files in the snapshot that are not part of the dataset.  Each problem
     names the file."""
-    url = os.fspath(path)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    root = root.rstrip("/") or "/"
+    fs, root, url = storage.location(path, storage_options)
     problems: list[str] = []
     try:
         r = snapshots.resolve(fs, root, url, snapshot)
@@ -51,12 +32,11 @@ def verify(path, storage_options: dict | None = None, *, snapshot: str | None = 
             problems.append(f"{furl}: the manifest lists {name!r}, which is not a file name of the format")
     if problems:
         return problems
-    present = {posixpath.basename(p.rstrip("/")) for p in
-               retry(fs.ls, folder, detail=False, what=f"list {folder}")}
+    present = set(storage.list_names(fs, folder))
     if r.snapshot is None:  # version 1: the dataset's files share the top level with nothing else
         present -= fmt.OWNED_NAMES
     for name in sorted(present - set(expected)):
-        if r.snapshot is not None and fs.isdir(posixpath.join(folder, name)):
+        if r.snapshot is not None and storage.is_dir(fs, posixpath.join(folder, name)):
             continue  # another dataset of the same snapshot
         problems.append(f"{posixpath.join(furl, name)}: foreign file, not part of the dataset")
     for name, info in expected.items():
@@ -66,7 +46,7 @@ def verify(path, storage_options: dict | None = None, *, snapshot: str | None = 
         if name not in present:
             problems.append(f"{where}: missing")
             continue
-        digest, size = retry(_sha256, fs, posixpath.join(folder, name), what=f"read {where}")
+        digest, size = storage.sha256_file(fs, posixpath.join(folder, name), what=f"read {where}")
         if size != info["num_bytes"]:
             problems.append(f"{where}: {size} bytes, the manifest says {info['num_bytes']}"
                             f"{' (truncated)' if size < info['num_bytes'] else ''}")

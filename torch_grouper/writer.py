@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from . import format as fmt
 from .labels import add_counts, label_columns
 from .retry import retry
+from .storage import is_local, upload, write_whole
 from .tario import END_OF_ARCHIVE
 
 FLUSH_BYTES = 8 << 20
@@ -89,8 +90,7 @@ class ShardWriter:
         self.file.close()
         if self.staged is not None:
             target = posixpath.join(self.root, self.name)
-            retry(self.fs.put_file, self.staged, target, what=f"upload {target}")
-            os.remove(self.staged)
+            upload(self.fs, self.staged, target)
             self.staged = None
         self.shards.append(
             {
@@ -267,14 +267,7 @@ def write_manifest(fs, root: str, manifest: dict) -> None:
     """The snapshot's manifest, written whole (a temporary file and a rename on
     a local disk, one PUT on object stores).  The commit point is the commit
     log entry that follows (``snapshots.Staged.commit``)."""
-    from .snapshots import write_whole
-
     write_whole(fs, posixpath.join(root, fmt.MANIFEST), fmt.dump_manifest(manifest))
-
-
-def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 def json_safe(obj):

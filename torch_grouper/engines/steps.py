@@ -46,6 +46,7 @@ from operator import itemgetter
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
 from .. import format as fmt
+from .. import storage
 from ..codec import EncodeError, encode_sample
 from ..partitioners import Partitioner, SliceStart
 from ..retry import RetryError
@@ -488,9 +489,7 @@ def _piece_key(p):
 
 def write_task(task: WriteTask):
     """Write one task's shards; returns ``(index rows, shard infos)``."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(task.output_url, **(task.storage_options or {}))
+    fs, root, _ = storage.location(task.output_url, task.storage_options)
     ranges = task.inputs
     bufsize = max(64 << 10, min(1 << 20, task.budget // max(1, 2 * len(ranges))))
     streams = [_read_pieces(p, a, b, bufsize) for p, a, b in ranges if b > a]
