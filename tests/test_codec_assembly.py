@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 import torch_grouper as tg
 from torch_grouper import codec, tario
 from torch_grouper import format as fmt
-from conftest import mixed_examples, same
+from helpers import mixed_examples, same
 
 
 def _group_bytes(examples, gid="g", file_no=0):

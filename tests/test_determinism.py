@@ -22,7 +22,7 @@ def test_byte_identical_for_1_2_3_workers(tmp_path, monkeypatch):
     for w in (1, 2, 3):
         out = tmp_path / f"w{w}"
         # a small memory budget forces several spilled runs per worker
-        tg.partition(src, tg.UrlDomainKey(), out, engine=engine(w), shard_size=100_000,
+        tg.partition(src, tg.UrlDomainKey(), out, engine=engine(w), shard_bytes=100_000,
                      memory_budget=200_000, progress=False)
         outs.append(digest(out))
     assert len(outs[0]) > 8  # several tasks' shards + index + manifest
@@ -33,7 +33,7 @@ def test_iterable_and_binary_fields_deterministic(tmp_path):
     exs = mixed_examples(300)
     d = []
     for w in (1, 3):
-        tg.partition(exs, "gid", tmp_path / f"o{w}", num_workers=w, shard_size=10_000, progress=False)
+        tg.partition(exs, "gid", tmp_path / f"o{w}", num_workers=w, shard_bytes=10_000, progress=False)
         d.append(digest(tmp_path / f"o{w}"))
     assert d[0] == d[1]
 
@@ -58,7 +58,7 @@ def test_write_plan_independent_of_spill_cuts():
             out.append(Run(f"r{p}", offsets, share))
         return out
 
-    one = plan_tasks(runs(1, 60), shard_size=20_000)
+    one = plan_tasks(runs(1, 60), shard_bytes=20_000)
     assert len(one) > 100
-    assert plan_tasks(runs(7, 60), shard_size=20_000) == one
-    assert plan_tasks(runs(3, 500), shard_size=20_000) == one
+    assert plan_tasks(runs(7, 60), shard_bytes=20_000) == one
+    assert plan_tasks(runs(3, 500), shard_bytes=20_000) == one

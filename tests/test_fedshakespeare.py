@@ -16,7 +16,7 @@ def test_fedshakespeare_roundtrip_and_stats(tmp_path):
     key = lambda ex: f"{ex['play']}/{ex['speaker']}"  # noqa: E731
     sizes = Counter(key(e) for e in exs)
     assert len(exs) == 30207 and len(sizes) == 1348
-    tg.partition(DATA, key, tmp_path / "fs", num_workers=2, shard_size=1 << 20, progress=False)
+    tg.partition(DATA, key, tmp_path / "fs", num_workers=2, shard_bytes=1 << 20, progress=False)
     ds = tg.GroupedDataset(tmp_path / "fs")
     assert len(ds) == len(sizes)
     by_group = {}

@@ -70,7 +70,7 @@ def test_no_process_probes_buckets_over_grpc(gcs):
 def test_partition_to_gcs_and_stream_back(gcs, tmp_path):
     exs = examples()
     want = expected(exs)
-    m = tg.partition(exs, KeyInWorker("g"), "gs://bucket/fed", num_workers=2, shard_size=20_000, storage_options=gcs,
+    m = tg.partition(exs, KeyInWorker("g"), "gs://bucket/fed", num_workers=2, shard_bytes=20_000, storage_options=gcs,
                      progress=False)
     assert len(m["shards"]) > 2 and m["num_groups"] == 11 and m["num_examples"] == len(exs)
     fs = gcsfs.GCSFileSystem(**gcs)
@@ -102,7 +102,7 @@ def test_partition_to_gcs_and_stream_back(gcs, tmp_path):
     assert all(len({gid for gid, _ in r}) == 4 and all(exs_ == want[gid] for gid, exs_ in r) for r in rounds)
     assert tg.verify("gs://bucket/fed", storage_options=gcs) == []
     # a local run of the same input writes the same bytes
-    tg.partition(exs, "g", tmp_path / "local", num_workers=1, shard_size=20_000, progress=False)
+    tg.partition(exs, "g", tmp_path / "local", num_workers=1, shard_bytes=20_000, progress=False)
     local = tg.GroupedDataset(tmp_path / "local").root
     remote = [p.rsplit("/", 1)[1] for p in fs.find(f"bucket/fed/snapshots/{m['snapshot']}")]
     assert sorted(remote) == sorted(os.listdir(local))
@@ -121,7 +121,7 @@ def test_jsonl_sources_read_from_gcs(gcs):
     fs.pipe("bucket/in/a.jsonl", b"".join(lines[:2000]))  # cut into byte ranges for the workers
     fs.pipe("bucket/in/b.jsonl.gz", gzip.compress(b"".join(lines[2000:])))  # read whole by one worker
     tg.partition("gs://bucket/in/*.jsonl*", KeyInWorker("u"), "gs://bucket/out",
-                 storage_options=gcs, num_workers=2, shard_size=10_000, progress=False)
+                 storage_options=gcs, num_workers=2, shard_bytes=10_000, progress=False)
     assert content("gs://bucket/out", storage_options=gcs) == expected(rows, "u")
     with pytest.raises(FileExistsError, match="already holds a complete torch_grouper dataset"):
         tg.partition("gs://bucket/in/a.jsonl", "u", "gs://bucket/out", storage_options=gcs, progress=False)

@@ -13,7 +13,7 @@ from helpers import groupby, mixed_examples, same
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "out"
     exs = [{"g": f"client{i % 37}", "i": i, "t": "w " * (i % 9)} for i in range(2000)]
-    tg.partition(exs, "g", out, num_workers=2, shard_size=8_000, progress=False)
+    tg.partition(exs, "g", out, num_workers=2, shard_bytes=8_000, progress=False)
     return out, exs
 
 
@@ -63,7 +63,7 @@ def test_groups_pickle_materialized(tmp_path):
 
 def test_random_access_equals_stream(tmp_path):
     exs = mixed_examples(300)
-    tg.partition(exs, "gid", tmp_path / "o", shard_size=5_000, progress=False)
+    tg.partition(exs, "gid", tmp_path / "o", shard_bytes=5_000, progress=False)
     ds = tg.GroupedDataset(tmp_path / "o")
     streamed = {g.id: list(g) for g in ds}
     assert sorted(ds.group_ids()) == sorted(streamed)

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     import torch_grouper as tg
     src, out, workers, budget, stream = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
     kw = {} if budget == "default" else {"memory_budget": int(budget) << 20}
-    m = tg.partition(src, "g", out, num_workers=workers, shard_size=32 << 20, progress=False, **kw)
+    m = tg.partition(src, "g", out, num_workers=workers, shard_bytes=32 << 20, progress=False, **kw)
     n = 0
     if stream:
         for g in tg.GroupedDataset(out):          # stream every group back, in this process

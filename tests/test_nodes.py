@@ -28,7 +28,7 @@ for _e in EXAMPLES:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("nodes") / "d"
-    tg.partition(EXAMPLES, "g", out, shard_size=3_000, num_workers=1, progress=False)
+    tg.partition(EXAMPLES, "g", out, shard_bytes=3_000, num_workers=1, progress=False)
     assert len(tg.GroupedDataset(out).manifest["shards"]) > 3  # several shards: shuffling has something to permute
     return out
 

@@ -6,7 +6,7 @@ import pytest
 
 import torch_grouper as tg
 from torch_grouper.dataset import GroupLocation, ReadOptions
-from conftest import same
+from helpers import same
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def flaky(monkeypatch):
 def test_transient_failures_are_retried(tmp_path, flaky):
     exs = [{"g": f"u{i % 5}", "i": i} for i in range(400)]
     flaky.fail_first = 3  # fewer than the 4 attempts: every call eventually succeeds
-    tg.partition(exs, "g", f"flaky://{tmp_path}/o", num_workers=1, shard_size=2_000, progress=False)
+    tg.partition(exs, "g", f"flaky://{tmp_path}/o", num_workers=1, shard_bytes=2_000, progress=False)
     assert flaky.calls > 3
     flaky.calls = 0
     ds = tg.GroupedDataset(f"flaky://{tmp_path}/o")
@@ -113,7 +113,7 @@ def test_permanent_errors_are_not_retried(tmp_path, flaky, monkeypatch):
 
 SCRIPT = textwrap.dedent("""
     import sys, torch_grouper as tg
-    tg.partition(sys.argv[1], tg.UrlDomainKey("url"), sys.argv[2], num_workers=2, shard_size=400_000,
+    tg.partition(sys.argv[1], tg.UrlDomainKey("url"), sys.argv[2], num_workers=2, shard_bytes=400_000,
                  memory_budget=4 << 20, tmp_dir=sys.argv[3], progress=False)
 """)
 

@@ -35,7 +35,7 @@ def check(path, examples, key, read_options=None):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_mixed_types_iterable(tmp_path, workers):
     exs = mixed_examples()
-    tg.partition(iter(exs), "gid", tmp_path / "out", num_workers=workers, progress=False, shard_size=20_000)
+    tg.partition(iter(exs), "gid", tmp_path / "out", num_workers=workers, progress=False, shard_bytes=20_000)
     check(tmp_path / "out", exs, lambda e: e["gid"])
     index = tg.load_index(tmp_path / "out")
     assert index.column_names == ["group_id", "shard", "offset", "length", "num_examples", "num_bytes", "num_words"]

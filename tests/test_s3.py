@@ -13,7 +13,7 @@ pytest.importorskip("moto.server")
 
 def test_partition_to_s3_and_stream_back(s3, tmp_path):
     exs = [{"g": f"user{i % 11}", "i": i, "t": "x y " * (i % 5)} for i in range(2000)]
-    m = tg.partition(exs, "g", "s3://bucket/fed", num_workers=2, shard_size=20_000, storage_options=s3,
+    m = tg.partition(exs, "g", "s3://bucket/fed", num_workers=2, shard_bytes=20_000, storage_options=s3,
                      progress=False)
     assert len(m["shards"]) > 2
     fs = s3fs.S3FileSystem(**s3)
@@ -29,7 +29,7 @@ def test_partition_to_s3_and_stream_back(s3, tmp_path):
     cohort = next(iter(ds.cohorts(4, seed=0)))
     assert len({g.id for g in cohort}) == 4 and all(len(g) > 0 for g in cohort)
     # a local copy of the same partition is byte-identical
-    tg.partition(exs, "g", tmp_path / "local", num_workers=1, shard_size=20_000, progress=False)
+    tg.partition(exs, "g", tmp_path / "local", num_workers=1, shard_bytes=20_000, progress=False)
     local = tg.GroupedDataset(tmp_path / "local").root
     for s in m["shards"]:
         assert fs.cat_file(f"bucket/fed/snapshots/{m['snapshot']}/{s['path']}") == open(f"{local}/{s['path']}", "rb").read()

@@ -48,10 +48,10 @@ def expected(exs):
 # ------------------------------------------------------------ readers pin
 def test_rewrite_under_an_open_reader_keeps_its_snapshot(tmp_path):
     out = tmp_path / "d"
-    tg.partition(old_examples(), "g", out, shard_size=4_000, progress=False)
+    tg.partition(old_examples(), "g", out, shard_bytes=4_000, progress=False)
     ds = tg.GroupedDataset(out)
     pinned = ds.snapshot
-    tg.partition(new_examples(), "g", out, shard_size=6_000, overwrite=True, progress=False)
+    tg.partition(new_examples(), "g", out, shard_bytes=6_000, overwrite=True, progress=False)
     old, new = expected(old_examples()), expected(new_examples())
     for gid in random.Random(0).sample(sorted(old), 50):
         assert [(e["i"], e["v"]) for e in ds[gid]] == old[gid]  # never another group's or snapshot's data
@@ -162,7 +162,7 @@ RACE = textwrap.dedent("""
     out, tag = sys.argv[1], sys.argv[2]
     exs = [{"g": f"A{i % 50}", "i": i, "v": tag} for i in range(3000)]
     try:
-        tg.partition(exs, "g", out, overwrite=True, progress=False, num_workers=1, shard_size=20_000)
+        tg.partition(exs, "g", out, overwrite=True, progress=False, num_workers=1, shard_bytes=20_000)
         print("won")
     except tg.ConcurrentCommitError as e:
         print("lost", e)
@@ -247,7 +247,7 @@ KILL = textwrap.dedent("""
                 os.killpg(os.getpgrp(), signal.SIGKILL)  # the partition and its workers, at this exact step
         snapshots.checkpoint = die
     print("ready", flush=True)
-    tg.partition(src, "g", out, num_workers=2, shard_size=30_000, overwrite=True, progress=False)
+    tg.partition(src, "g", out, num_workers=2, shard_bytes=30_000, overwrite=True, progress=False)
 """)
 
 STEPS = ["staged", "index-written", "manifest-written", "before-commit", "committed", "marker-written", "vacuum"]
@@ -462,11 +462,11 @@ def test_more_than_1000_shards_in_one_write_task(tmp_path):
         i += 1
     exs = [{"g": gid, "t": "x" * 300} for gid in ids]
     out = tmp_path / "many"
-    m = tg.partition(exs, "g", out, shard_size=1, progress=False, num_workers=1)
+    m = tg.partition(exs, "g", out, shard_bytes=1, progress=False, num_workers=1)
     names = [s["path"] for s in m["shards"]]
     assert len(names) == 1100 and "shard-00000-1000.tar" in names
     assert tg.verify(out) == [] and len(tg.GroupedDataset(out)) == 1100
-    tg.partition(exs[:10], "g", out, shard_size=1, progress=False, overwrite=True)  # a rerun is allowed
+    tg.partition(exs[:10], "g", out, shard_bytes=1, progress=False, overwrite=True)  # a rerun is allowed
     assert len(tg.GroupedDataset(out)) == 10
 
 

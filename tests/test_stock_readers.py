@@ -11,7 +11,7 @@ from helpers import mixed_examples
 
 def _dataset(tmp_path):
     exs = mixed_examples(200)
-    tg.partition(exs, "gid", tmp_path / "out", num_workers=2, progress=False, shard_size=30_000)
+    tg.partition(exs, "gid", tmp_path / "out", num_workers=2, progress=False, shard_bytes=30_000)
     return exs, tg.shard_urls(tmp_path / "out")
 
 

@@ -239,3 +239,19 @@ def test_verify_reads_through_retries(monkeypatch):
         monkeypatch.setattr(mem, name, once)
     assert tg.verify(out) == []
     assert {n for n, _ in failed} >= {"cat_file", "ls", "_open"}
+
+
+def test_memory_output_with_worker_processes_is_complete():
+    """memory:// lives in one process: shards written by pool workers would be
+    lost while the commit named them.  Write tasks for it run in this process."""
+    import uuid
+
+    import torch_grouper as tg
+
+    url = f"memory://workers-{uuid.uuid4().hex}/ds"
+    exs = [{"u": i % 5, "t": i} for i in range(200)]
+    m = tg.partition(exs, "u", url, num_workers=2, progress=False)
+    assert m["num_groups"] == 5
+    ds = tg.GroupedDataset(url)
+    assert {g.id: [ex["t"] for ex in g] for g in ds} == {u: list(range(u, 200, 5)) for u in range(5)}
+    assert tg.verify(url) == []

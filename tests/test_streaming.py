@@ -13,7 +13,7 @@ from torch_grouper import transforms as T
 def dsdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("stream") / "out"
     exs = [{"g": f"client{i % 53:03d}", "i": i, "v": float(i)} for i in range(3000)]
-    tg.partition(exs, "g", out, num_workers=2, shard_size=6_000, progress=False)
+    tg.partition(exs, "g", out, num_workers=2, shard_bytes=6_000, progress=False)
     return out, exs
 
 

@@ -29,7 +29,7 @@ def d20(tmp_path_factory):
     """20 groups over several shards (so shuffled epochs differ)."""
     out = tmp_path_factory.mktemp("valid") / "d20"
     exs = [{"g": f"u{i % 20:02d}", "i": i} for i in range(400)]
-    tg.partition(exs, "g", out, shard_size=1500, num_workers=1, progress=False)
+    tg.partition(exs, "g", out, shard_bytes=1500, num_workers=1, progress=False)
     return out, exs
 
 
@@ -80,17 +80,17 @@ def test_fingerprint_identifies_the_content(d20, tmp_path):
     out, exs = d20
     fp = tg.GroupedDataset(out).fingerprint
     assert re.fullmatch(r"[0-9a-f]{64}", fp)
-    tg.partition(exs, "g", tmp_path / "same", shard_size=1500, num_workers=2, progress=False)
+    tg.partition(exs, "g", tmp_path / "same", shard_bytes=1500, num_workers=2, progress=False)
     assert tg.GroupedDataset(tmp_path / "same").fingerprint == fp  # same data elsewhere: same dataset
     other = [dict(e, i=e["i"] + 1) for e in exs]  # the same 20 groups and 400 examples, other values
-    tg.partition(other, "g", tmp_path / "other", shard_size=1500, num_workers=1, progress=False)
+    tg.partition(other, "g", tmp_path / "other", shard_bytes=1500, num_workers=1, progress=False)
     assert len(tg.GroupedDataset(tmp_path / "other")) == 20
     assert tg.GroupedDataset(tmp_path / "other").fingerprint != fp
 
 
 def test_load_state_dict_refuses_another_datasets_state(d20, tmp_path):
     out, exs = d20
-    tg.partition([dict(e, i=-e["i"]) for e in exs], "g", tmp_path / "other", shard_size=1500,
+    tg.partition([dict(e, i=-e["i"]) for e in exs], "g", tmp_path / "other", shard_bytes=1500,
                  num_workers=1, progress=False)
     ds = tg.GroupedDataset(out, shuffle=True)
     it = iter(ds)
@@ -437,7 +437,7 @@ def check_across_workers(tmp_path, paths, exs, positions, monkeypatch):
     digests = {}
     for w in (1, 2, 3):
         out = tmp_path / f"w{w}"
-        tg.partition([str(p) for p in paths], "g", out, engine=LocalEngine(w, slice_bytes=3000), shard_size=4000,
+        tg.partition([str(p) for p in paths], "g", out, engine=LocalEngine(w, slice_bytes=3000), shard_bytes=4000,
                      progress=False)
         digests[w] = dataset_files(out)
         assert reads_as(out, exs, lambda e: e["g"])

@@ -13,7 +13,7 @@ from torch_grouper.cli import main
 @pytest.fixture
 def dataset(tmp_path):
     exs = [{"g": f"u{i % 9}", "i": i, "t": "w" * (i % 50)} for i in range(1500)]
-    tg.partition(exs, "g", tmp_path / "d", shard_size=10_000, progress=False)
+    tg.partition(exs, "g", tmp_path / "d", shard_bytes=10_000, progress=False)
     ds = tg.GroupedDataset(tmp_path / "d")
     shards = [s["path"] for s in ds.manifest["shards"]]
     assert len(shards) >= 3 and tg.verify(tmp_path / "d") == []

@@ -6,8 +6,9 @@ filesystem, and stream the groups back as PyTorch IterableDatasets.
 from ._version import __version__
 
 from .codec import EncodeError
-from .dataset import Cohorts, Group, GroupedDataset, load_index, shard_urls
-from .engines.local import PartitionError
+from .dataset import Cohorts, Group, GroupedDataset, ReadOptions, load_index, shard_urls
+from .engines import LocalEngine
+from .engines.steps import PartitionError
 from .pipeline import partition, partition_together, partition_vertical
 from .retry import RetryError
 from .snapshots import ConcurrentCommitError, SnapshotNotFoundError, list_snapshots, vacuum
@@ -26,7 +27,9 @@ __all__ = [
     "Group",
     "GroupMismatchError",
     "GroupedDataset",
+    "LocalEngine",
     "PartitionError",
+    "ReadOptions",
     "RetryError",
     "SnapshotNotFoundError",
     "SourceError",

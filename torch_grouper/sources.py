@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 import fsspec
 
 from . import storage
+from .codec import scan_json
 
 SLICE_BYTES = 8 << 20  # default byte range of one file slice
 HF_SLICE_ROWS = 20_000
@@ -190,7 +191,7 @@ class _LineSlice(FileSlice):
         url, start, end, storage_options, parse_json = (
             self.url, self.start, self.end, self.storage_options, self._parse_json)
         loads = json.loads
-        scan = _scan_json
+        scan = scan_json
         stop = (1 << 62) if end is None else end
         with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as f:
             pos = 0
@@ -636,4 +637,3 @@ def _file_source(paths, storage_options, parallelism, slice_bytes) -> Source:
     )
 
 
-_scan_json = json.JSONDecoder().scan_once

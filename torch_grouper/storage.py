@@ -70,8 +70,12 @@ def is_local(fs) -> bool:
 
 
 def is_memory(fs) -> bool:
-    """Whether ``fs`` is fsspec's in-process ``memory://`` store."""
-    return _protocol(fs) == "memory"
+    """Whether ``fs`` is an in-process store (fsspec's ``memory://`` or a
+    subclass of it): its files live in this process only, so worker
+    processes must not write to it."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    return isinstance(fs, MemoryFileSystem) or _protocol(fs) == "memory"
 
 
 def full_url(fs, path: str) -> str:

@@ -41,7 +41,7 @@ def _source(n=300):
 @pytest.fixture(scope="module")
 def grouped(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fl") / "users")
-    tg.partition(_source(), "user", out, num_workers=2, shard_size=2_000, progress=False)
+    tg.partition(_source(), "user", out, num_workers=2, shard_bytes=2_000, progress=False)
     return out
 
 
@@ -139,7 +139,7 @@ def test_partitioner_without_manifest_features(tmp_path):
 
 
 def test_partitioner_on_s3(s3, grouped):
-    tg.partition(_source(), "user", "s3://bucket/users", num_workers=2, shard_size=2_000, storage_options=s3,
+    tg.partition(_source(), "user", "s3://bucket/users", num_workers=2, shard_bytes=2_000, storage_options=s3,
                  progress=False)
     p = GroupedPartitioner("s3://bucket/users", storage_options=s3)
     local = tg.GroupedDataset(grouped)
