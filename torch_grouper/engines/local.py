@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import multiprocess as mp
 
+from .. import storage
 from .steps import (  # noqa: F401 - PartitionError, Run, plan_tasks, task_inputs: re-exported names
     TASK_MIN_BYTES,
     TASKS_PER_DATASET,
@@ -110,9 +111,11 @@ class LocalEngine:
             if job.before_write is not None:
                 job.before_write()
             written = []
+            # an in-process store (memory://) only exists here: shards written by a worker would be lost
+            write_here = storage.is_memory(storage.location(job.output_url, job.storage_options).fs)
             with tqdm(total=len(tasks), desc="partition: write", unit="task", disable=not job.progress,
                       leave=False) as bar:
-                if pool is not None:
+                if pool is not None and not write_here:
                     for r in [pool.apply_async(write_task, (t,)) for t in tasks]:
                         written.append(r.get())
                         bar.update(1)
