@@ -223,7 +223,7 @@ def test_unknown_and_mixed_file_formats(tmp_path):
         as_source(str(tmp_path / "a.bin"))
     (tmp_path / "b.jsonl").write_text('{"a": 1}\n')
     (tmp_path / "c.txt").write_text("x\n")
-    with pytest.raises(SourceError, match=r"input files mix kinds \['json', 'text'\]"):
+    with pytest.raises(SourceError, match=r"input files mix formats \['json', 'text'\]"):
         as_source([str(tmp_path / "b.jsonl"), str(tmp_path / "c.txt")])
     src = as_source([str(tmp_path / "b.jsonl"), str(tmp_path / "b.jsonl")])
     assert [type(s) for s in src.slices] == [JsonLinesSlice] * 2 and [s.file_no for s in src.slices] == [0, 1]

@@ -257,7 +257,7 @@ class GroupFedAvg(FedAvg):
 
     Evaluation (``configure_evaluate``) sends ``evaluate_cohort_size`` groups
     (default: ``cohort_size``; 0: no federated evaluation) drawn the same way
-    with ``evaluate_seed`` (default ``seed + 1``).  ``self.assignments[(kind,
+    with ``evaluate_seed`` (default ``seed + 1``).  ``self.assignments[(phase,
     round)]`` records the ``(node_id, group_id)`` pairs sent.
 
     Other keyword arguments go to ``FedAvg`` (``weighted_by_key``,
@@ -293,14 +293,14 @@ class GroupFedAvg(FedAvg):
         log(INFO, "\t└──> Groups: %s of %d per round from %s (seed %d)", self.cohort_size, len(self.grouped),
             self.grouped.url, self.seed)
 
-    def group_ids(self, server_round: int, kind: str = "train") -> list:
-        """The group ids of Flower round ``server_round`` (1-based) for ``kind`` "train" or "evaluate"."""
-        cohorts = self._train if kind == "train" else self._eval
+    def group_ids(self, server_round: int, phase: str = "train") -> list:
+        """The group ids of Flower round ``server_round`` (1-based) for ``phase`` "train" or "evaluate"."""
+        cohorts = self._train if phase == "train" else self._eval
         if cohorts is None:
             return []
         return cohorts.ids(server_round - 1)
 
-    def _deal(self, server_round: int, gids: list, grid, kind: str) -> list:
+    def _deal(self, server_round: int, gids: list, grid, phase: str) -> list:
         """(node_id, group_id) for each group of the round (see the class doc)."""
         while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).", len(nodes),
@@ -309,21 +309,21 @@ class GroupFedAvg(FedAvg):
         n, c = len(nodes), len(gids)
         if self.max_messages_per_node is not None and c > n * self.max_messages_per_node:
             raise ValueError(
-                f"round {server_round}: a {kind} cohort of {c} groups needs more than max_messages_per_node="
+                f"round {server_round}: a {phase} cohort of {c} groups needs more than max_messages_per_node="
                 f"{self.max_messages_per_node} message(s) per SuperNode with {n} SuperNode(s) connected")
-        rng = np.random.default_rng([self.seed, server_round, 0 if kind == "train" else 1])
+        rng = np.random.default_rng([self.seed, server_round, 0 if phase == "train" else 1])
         order = [nodes[i] for i in rng.permutation(n)]
         pairs = [(order[k % n], gid) for k, gid in enumerate(gids)]
-        self.assignments[(kind, server_round)] = pairs
-        log(INFO, "configure_%s: %d groups on %d of %d SuperNodes", kind, c, min(c, n), n)
+        self.assignments[(phase, server_round)] = pairs
+        log(INFO, "configure_%s: %d groups on %d of %d SuperNodes", phase, c, min(c, n), n)
         return pairs
 
-    def _messages(self, server_round, arrays, config, grid, kind, message_type) -> list:
-        gids = self.group_ids(server_round, kind)
+    def _messages(self, server_round, arrays, config, grid, phase, message_type) -> list:
+        gids = self.group_ids(server_round, phase)
         if not gids:
             return []
         out = []
-        for node_id, gid in self._deal(server_round, gids, grid, kind):
+        for node_id, gid in self._deal(server_round, gids, grid, phase):
             cfg = ConfigRecord(dict(config))
             cfg["server-round"] = server_round
             cfg[GROUP_ID_KEY] = gid

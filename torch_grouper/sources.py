@@ -627,7 +627,7 @@ def _file_source(paths, storage_options, parallelism, slice_bytes) -> Source:
             "utf-8", "surrogateescape"))
         slices.extend(cls.cut(fs, f, url, size, step, fno, storage_options, parallelism))
     if len(formats) > 1:
-        raise SourceError(f"input files mix kinds {sorted(formats)}; partition one kind at a time")
+        raise SourceError(f"input files mix formats {sorted(formats)}; partition one format at a time")
     return Source(
         description=f"{len(files)} {formats.pop()} file(s)",
         kind="files",
