@@ -146,9 +146,9 @@ def test_engine_argument(tmp_path):
     assert resolve_engine(e) is e
     with pytest.raises(ValueError, match=r"num_workers=2 was given with engine=LocalEngine\(num_workers=2"):
         tg.partition([{"g": 1}], "g", tmp_path / "o", engine=e, num_workers=2, progress=False)
-    with pytest.raises(ValueError, match=r"engine must be 'local' or an engine object, got 'ray'"):
-        tg.partition([{"g": 1}], "g", tmp_path / "o", engine="ray", progress=False)
-    with pytest.raises(TypeError, match=r"engine must be 'local' or an object with run\(job\).*not object"):
+    with pytest.raises(ValueError, match=r"engine must be 'local', 'ray' or an engine object, got 'spark'"):
+        tg.partition([{"g": 1}], "g", tmp_path / "o", engine="spark", progress=False)
+    with pytest.raises(TypeError, match=r"engine must be 'local', 'ray' or an object with run\(job\).*not object"):
         tg.partition([{"g": 1}], "g", tmp_path / "o", engine=object(), progress=False)
     with pytest.raises(ValueError, match=r"num_workers must be >= 1, got 0"):
         LocalEngine(0)

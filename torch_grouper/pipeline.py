@@ -95,9 +95,14 @@ def partition(
             ``FederatedDataset(shuffle=False)`` and flwr-datasets' bare
             partitioners.
         engine: ``"local"`` (a ``torch_grouper.engines.LocalEngine`` with
-            ``num_workers``), or an engine object such as
-            ``LocalEngine(num_workers=4, slice_bytes=...)`` (then leave
-            ``num_workers`` out).  The output is the same for any engine.
+            ``num_workers``), ``"ray"`` (a ``torch_grouper.engines.ray.RayEngine``:
+            Ray tasks on the cluster at ``RAY_ADDRESS``, or on a local Ray;
+            ``pip install 'torch-grouper[ray]'``), or an engine object such
+            as ``LocalEngine(num_workers=4, slice_bytes=...)`` or
+            ``RayEngine(address="ray://head:10001")`` (then leave
+            ``num_workers`` out).  The output is the same bytes for any
+            engine.  On a multi-node Ray cluster, sources and output must be
+            in a store every node reaches (``s3://``, ``gs://``, ...).
         keep_snapshots: after the commit, remove all snapshots but this many
             newest ones (the new one and, by default, the one it replaced);
             see ``tg.vacuum``.
