@@ -80,6 +80,15 @@ def test_shorten_keeps_start_and_end(text, width):
             assert text.startswith(head) and text.endswith(tail) and len(tail) >= len(head)
 
 
+def test_short_names_widen_until_distinct():
+    names = ["client/alpha/shard-000001", "client/gamma/shard-000001", "c"]
+    assert [stats.shorten(n, 10) for n in names[:2]] == ["cli\u2026000001"] * 2
+    out = stats.short_names(names, 10)
+    assert out == names  # widened by 4s until they differ: here, whole
+    names = ["xx_alpha_yyyyyyyyyy", "xx_gamma_yyyyyyyyyy"]
+    assert stats.short_names(names, 10) == ["xx_a\u2026yyyyyyyyy", "xx_g\u2026yyyyyyyyy"]  # width 14
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=20, unique=True), st.integers(5, 30))
 def test_short_names_stay_distinct(names, width):
