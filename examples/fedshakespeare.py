@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """The main job: partition FedShakespeare, stream every group back, print
-statistics, and plot the group-size distribution.
+statistics, and plot the group-size distribution.  Progress bars go to
+stderr and are closed (at their final counts) before each summary line is
+printed, and every line is flushed at once, so a log of both streams reads
+in order.
 
     python examples/fedshakespeare.py --out out/fedshakespeare --plot out/fedshakespeare_group_sizes.png
 """
 import argparse
+import functools
 import os
 import time
 
@@ -15,6 +19,7 @@ from torch_grouper.stats import format_summary, plot_group_sizes, summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data", "fedshakespeare", "fedshakespeare.jsonl.gz")
+print = functools.partial(print, flush=True)  # noqa: A001 - in order with the bars on stderr
 
 
 def main():

@@ -31,7 +31,7 @@ import os
 import pickle
 import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, Sized
 
 import fsspec
 
@@ -56,6 +56,8 @@ class Slice:
 
     #: the input file this slice reads (its number in the source's file list); 0 for non-file sources
     file_no: int = 0
+    #: the slice's number of examples when known without reading it (progress totals), else None
+    num_rows: int | None = None
 
     def iter(self) -> Iterator[tuple[dict, bytes | None, Any]]:
         """``(example, raw_json or None, loc)`` for each example, in input order."""
@@ -135,6 +137,10 @@ class HFRowsSlice(Slice):
         values = ds.select_columns([col]).with_format("arrow")[a:b][col].to_pylist()
         for i, v in enumerate(values):
             yield {col: v}, None, a + i
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
 
     def where(self, loc) -> str:
         return f"example {loc} (row {loc} of the dataset)"
@@ -294,6 +300,7 @@ class ParquetSlice(FileSlice):
     batches of a few MB."""
 
     row_groups: list = field(default_factory=list)
+    num_rows: int | None = None  # rows of these row groups, from the file's metadata
 
     format: ClassVar[str] = "parquet"
     extensions: ClassVar[tuple[str, ...]] = (".parquet", ".pq")
@@ -303,9 +310,11 @@ class ParquetSlice(FileSlice):
         import pyarrow.parquet as pq
 
         with fs.open(path, "rb") as fh:
-            nrg = pq.ParquetFile(fh).metadata.num_row_groups
+            md = pq.ParquetFile(fh).metadata
+        nrg = md.num_row_groups
         per = max(1, -(-nrg // (2 * parallelism)))
-        return [cls(url, file_no, storage_options, list(range(a, min(nrg, a + per))))
+        return [cls(url, file_no, storage_options, list(range(a, min(nrg, a + per))),
+                    sum(md.row_group(i).num_rows for i in range(a, min(nrg, a + per))))
                 for a in range(0, max(nrg, 1), per)]
 
     def iter(self):
@@ -385,6 +394,14 @@ class Source:
     fingerprint: str | None = None
     stream: Iterable | None = None  # a streamed source, chunked by the engine
     storage_options: dict | None = None
+
+    def num_examples_hint(self) -> int | None:
+        """The number of examples when it is known without reading them (a
+        ``datasets.Dataset``, Parquet files' row counts, a list), else None."""
+        if self.stream is not None:
+            return len(self.stream) if isinstance(self.stream, Sized) else None
+        rows = [s.num_rows for s in self.slices]
+        return sum(rows) if all(r is not None for r in rows) else None
 
     def chunks(self, max_bytes: int = 4 << 20, max_examples: int | None = None) -> Iterator[ChunkSlice]:
         """Cut a streamed source into chunk slices (runs in the main process).

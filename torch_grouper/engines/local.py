@@ -75,7 +75,7 @@ class LocalEngine:
 
     def run(self, job: Job) -> RunResult:
         """Partition ``job.source`` into shards under ``job.output_url``."""
-        from tqdm.auto import tqdm
+        from ..progress import bar
 
         source, keyfn = job.source, job.keyfn
         workers = min(self.num_workers, len(source.slices)) if source.slices else self.num_workers
@@ -87,8 +87,9 @@ class LocalEngine:
         pool = None
         try:
             starts = None
+            total = source.num_examples_hint()  # the read bar's total, when known without reading
             if needs_fit(keyfn):
-                starts = self._fit(source, keyfn, ctx, workers, job.progress)
+                starts, total = self._fit(source, keyfn, ctx, workers, job.progress)
             if source.stream is None:  # a task names its slice; the workers have the source
                 items = range(len(source.slices))
             else:
@@ -101,10 +102,13 @@ class LocalEngine:
             else:
                 mapped = (map_slice(ctx, _slice(ctx, it), start) for it, start in args)
             totals = MapTotals()
-            with tqdm(desc="partition: read", unit="ex", disable=not job.progress, leave=False) as bar:
-                for res in mapped:
+            n_slices = None if total is not None or source.stream is not None else len(source.slices)
+            with bar("partition: read", total=total, unit="ex", enabled=job.progress) as read_bar:
+                for done, res in enumerate(mapped, 1):
                     totals.add(res)
-                    bar.update(res.examples)
+                    if n_slices is not None:  # no total: how far through the input
+                        read_bar.set_postfix_str(f"{done}/{n_slices} slices")
+                    read_bar.update(res.examples + res.dropped)
             id_type = totals.id_type or "str"
             tasks = plan_write(job, totals.runs, id_type, budget, spill_dir, task_min_bytes=self.task_min_bytes,
                                tasks_per_dataset=self.tasks_per_dataset)
@@ -113,16 +117,15 @@ class LocalEngine:
             written = []
             # an in-process store (memory://) only exists here: shards written by a worker would be lost
             write_here = storage.is_memory(storage.location(job.output_url, job.storage_options).fs)
-            with tqdm(total=len(tasks), desc="partition: write", unit="task", disable=not job.progress,
-                      leave=False) as bar:
+            with bar("partition: write", total=len(tasks), unit="task", enabled=job.progress) as write_bar:
                 if pool is not None and not write_here:
                     for r in [pool.apply_async(write_task, (t,)) for t in tasks]:
                         written.append(r.get())
-                        bar.update(1)
+                        write_bar.update(1)
                 else:
                     for t in tasks:
                         written.append(write_task(t))
-                        bar.update(1)
+                        write_bar.update(1)
             return RunResult(totals.examples, id_type, written, totals.dropped)
         finally:
             if pool is not None:
@@ -130,11 +133,11 @@ class LocalEngine:
                 pool.join()
             remove_spill_dir(spill_dir, spill_lock)
 
-    def _fit(self, source, keyfn, ctx, workers, progress) -> list:
-        """The partitioner's first pass (one task per slice) and fit: each slice's ``SliceStart``."""
-        from tqdm.auto import tqdm
-
+    def _fit(self, source, keyfn, ctx, workers, progress) -> tuple[list, int]:
+        """The partitioner's first pass (one task per slice) and fit: each
+        slice's ``SliceStart``, and the number of examples."""
         from ..partitioners import fit_partitioner
+        from ..progress import note
 
         if source.stream is not None:
             check_fittable(source, keyfn)
@@ -146,10 +149,10 @@ class LocalEngine:
         else:
             per_slice = [count_slice(keyfn, s) for s in source.slices]
         fitted = fit_partitioner(keyfn, per_slice)
-        if progress and not keyfn.collect_values:
-            tqdm.write(f"partition: first pass: {fitted.num_examples:,} examples" +
-                       (f", {fitted.num_labels:,} labels" if keyfn.label_column else ""))
-        return fitted.starts
+        if not keyfn.collect_values:
+            note(f"partition: first pass: {fitted.num_examples:,} examples" +
+                 (f", {fitted.num_labels:,} labels" if keyfn.label_column else ""), enabled=progress)
+        return fitted.starts, fitted.num_examples
 
 
 # ------------------------------------------------------------ worker side
