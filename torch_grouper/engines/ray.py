@@ -127,7 +127,7 @@ class RayEngine:
     # ------------------------------------------------------------ the run
     def run(self, job: Job) -> RunResult:
         """Partition ``job.source`` into shards under ``job.output_url`` with Ray tasks."""
-        from tqdm.auto import tqdm
+        from ..progress import bar
 
         ray = self.connect()
         source, keyfn = job.source, job.keyfn
@@ -139,8 +139,9 @@ class RayEngine:
         map_remote = ray.remote(num_returns=2)(_map_task).options(**opts)
         ctx = MapContext(replace(source, stream=None), keyfn, "", budget, job.label_column)
         starts = None
+        total = source.num_examples_hint()  # the read bar's total, when known without reading
         if needs_fit(keyfn):
-            starts = self._fit(ray, source, keyfn, job.progress, opts)
+            starts, total = self._fit(ray, source, keyfn, job.progress, opts)
         ctx_ref = ray.put(ctx)  # after the fit: the tasks get the fitted partitioner
         if source.stream is None:
             items: Any = range(len(source.slices))
@@ -151,7 +152,7 @@ class RayEngine:
         totals = MapTotals()
         blobs: list = []
         try:
-            with tqdm(desc="partition: read", unit="ex", disable=not job.progress, leave=False) as bar:
+            with bar("partition: read", total=total, unit="ex", enabled=job.progress) as read_bar:
                 pending: list = []
 
                 def take():
@@ -159,7 +160,7 @@ class RayEngine:
                     res = _get(ray, meta_ref)
                     totals.add(res)
                     blobs.append(blob_ref)
-                    bar.update(res.examples)
+                    read_bar.update(res.examples + res.dropped)
 
                 for n, (item, start) in enumerate(args):
                     if not isinstance(item, int):
@@ -180,19 +181,17 @@ class RayEngine:
                 needed = sorted({int(p[len(_BLOB):]) for p, _, _ in t.inputs})
                 refs.append(write_remote.remote(t, {i: blobs[i] for i in needed}, tmp))
             written = []
-            with tqdm(total=len(tasks), desc="partition: write", unit="task", disable=not job.progress,
-                      leave=False) as bar:
+            with bar("partition: write", total=len(tasks), unit="task", enabled=job.progress) as write_bar:
                 for r in refs:
                     written.append(_get(ray, r))
-                    bar.update(1)
+                    write_bar.update(1)
             return RunResult(totals.examples, id_type, written, totals.dropped)
         finally:
             blobs.clear()  # the runs leave the object store with their last reference
 
-    def _fit(self, ray, source, keyfn, progress, opts) -> list:
-        from tqdm.auto import tqdm
-
+    def _fit(self, ray, source, keyfn, progress, opts) -> tuple[list, int]:
         from ..partitioners import fit_partitioner
+        from ..progress import note
 
         if source.stream is not None:  # the chunks are cut here anyway
             check_fittable(source, keyfn)
@@ -203,10 +202,10 @@ class RayEngine:
             per_slice = [_get(ray, r) for r in
                          [count_remote.remote(keyfn, src_ref, i) for i in range(len(source.slices))]]
         fitted = fit_partitioner(keyfn, per_slice)
-        if progress and not keyfn.collect_values:
-            tqdm.write(f"partition: first pass: {fitted.num_examples:,} examples" +
-                       (f", {fitted.num_labels:,} labels" if keyfn.label_column else ""))
-        return fitted.starts
+        if not keyfn.collect_values:
+            note(f"partition: first pass: {fitted.num_examples:,} examples" +
+                 (f", {fitted.num_labels:,} labels" if keyfn.label_column else ""), enabled=progress)
+        return fitted.starts, fitted.num_examples
 
 
 def _get(ray, ref):
