@@ -212,3 +212,16 @@ def test_read_options_readahead_is_checked():
         tg.ReadOptions(readahead_requests=0)
     with pytest.raises(ValueError, match=r"ReadOptions.readahead must be an int >= 0, got True"):
         tg.ReadOptions(readahead=True)
+
+
+def test_ranges_coalesce_contiguous_groups_of_one_shard(local):
+    reader = tg.GroupedDataset(local, read_options=tg.ReadOptions(readahead=4_000, readahead_requests=1))._reader
+    ahead = dataset._ReadAhead(reader, iter(()))
+    assert ahead.chunk == 2_000
+    locs = [(0, "a", 0, 500), (1, "a", 500, 700), (2, "a", 1200, 900),  # 0-1200, then 2100 > 2000: cut
+            (3, "a", 2100, 100), (4, "b", 2200, 100),  # another shard at the same offset: cut
+            (5, "b", 2300, 5_000),  # larger than the read-ahead's bytes: read when reached, not ahead
+            (6, "b", 7300, 10), (7, "b", 9000, 10)]  # not contiguous: cut
+    assert list(ahead._ranges(iter(locs))) == [("a", 0, 1200, 1), ("a", 1200, 2200, 3), ("b", 2200, 2300, 4),
+                                               ("b", 7300, 7310, 6), ("b", 9000, 9010, 7)]
+    ahead.close()
