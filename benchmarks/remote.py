@@ -50,7 +50,6 @@ for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 import torch_grouper as tg  # noqa: E402
@@ -217,7 +216,7 @@ def main():
     ap.add_argument("--json", help="write every measurement here")
     args = ap.parse_args()
     ro = tg.ReadOptions() if args.readahead is None else tg.ReadOptions(readahead=args.readahead)
-    requests = getattr(ro, "readahead_requests", 1)
+    requests = ro.readahead_requests
 
     stores, servers = {}, []
     tmp = tempfile.mkdtemp(prefix="tg_remote_")
@@ -264,7 +263,7 @@ def main():
                     print(json.dumps(r), flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"readahead": ro.readahead if hasattr(ro, "readahead") else None, "rows": rows}, f)
+                json.dump({"readahead": ro.readahead, "rows": rows}, f)
         report(rows, stores, args.repeat)
     finally:
         for p in servers:
