@@ -16,7 +16,8 @@ import os
 import posixpath
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -47,17 +48,28 @@ class ReadOptions:
             example boundaries (a window is widened for an example larger than it),
             so memory stays bounded whatever a group's size.
         open_shards: shard handles kept open per process for streaming.
+        readahead: while a reader streams (``for g in ds``, in each DataLoader
+            worker), the shard ranges of the groups it will yield next are
+            fetched ahead, in ranges of consecutive groups of up to
+            ``min(window, readahead // (2 * readahead_requests))`` bytes; at most
+            this many bytes are fetched or held at once (0: no read-ahead;
+            a group larger than this is read when it is reached, as without).
+            Every group is still checked as it is decoded.
+        readahead_requests: ranged reads in flight at once for the read-ahead.
     """
 
     whole_read: int = 16 << 20
     window: int = 8 << 20
     open_shards: int = 8
+    readahead: int = 64 << 20
+    readahead_requests: int = 4
 
     def __post_init__(self):
-        for name in ("whole_read", "window", "open_shards"):
+        for name in ("whole_read", "window", "open_shards", "readahead", "readahead_requests"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ReadOptions.{name} must be an int >= 1, got {v!r}")
+            low = 0 if name == "readahead" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"ReadOptions.{name} must be an int >= {low}, got {v!r}")
 
 
 class GroupLocation(NamedTuple):
@@ -190,6 +202,7 @@ class _Reader:
         self._pid = os.getpid()
         self._open: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
+        self._aheads: list = []  # the _ReadAheads of the streams running in this process
 
     @property
     def fs(self):
@@ -198,6 +211,7 @@ class _Reader:
             self._pid = os.getpid()
             self._open = OrderedDict()
             self._lock = threading.Lock()
+            self._aheads = []  # a parent's read-ahead threads did not come with the fork
         return self._fs
 
     def __getstate__(self):  # handles, the lock and the filesystem stay in this process
@@ -224,13 +238,19 @@ class _Reader:
         return posixpath.join(self.url, shard)
 
     def read(self, shard: str, offset: int, length: int, ranged: bool = False) -> bytes:
-        """``length`` bytes at ``offset``: through a cached open handle (streaming),
-        or with ``ranged`` as one stateless ranged request (random access,
-        safe from any thread)."""
-        if ranged:
+        """``length`` bytes at ``offset``: from a stream's read-ahead when it holds
+        them, else through a cached open handle (streaming), or with ``ranged``
+        as one stateless ranged request (random access, safe from any thread)."""
+        data = None
+        if not ranged:  # bytes fetched ahead of a stream, when a read-ahead holds them
+            for ahead in self._aheads:
+                data = ahead.get(shard, offset, length)
+                if data is not None:
+                    break
+        if data is None and ranged:
             data = storage.read_bytes(self.fs, posixpath.join(self.root, shard), offset, offset + length,
                                       what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
-        else:
+        elif data is None:
             data = retry(self._read_handle, shard, offset, length,
                          what=f"read {self.where(shard)} bytes {offset}-{offset + length}")
         if len(data) != length:
@@ -239,6 +259,17 @@ class _Reader:
                 f"(truncated shard)"
             )
         return data
+
+    def read_ahead(self, locs) -> "_ReadAhead | None":
+        """Start fetching the shard ranges of ``locs`` (an iterator of
+        ``(position, shard, offset, length)`` in stream order) ahead of the
+        stream; ``None`` when ``options.readahead`` is 0."""
+        if self.options.readahead == 0:
+            return None
+        ahead = _ReadAhead(self, locs)
+        self._aheads.append(ahead)
+        ahead.advance(0)
+        return ahead
 
     def _read_handle(self, shard: str, offset: int, length: int) -> bytes:
         with self._lock:
@@ -297,6 +328,108 @@ class _Reader:
             window = self.options.window
         if n != count or tally[0] != nbytes:
             raise _count_mismatch(where, offset, gid, n, count, tally[0], nbytes)
+
+
+class _ReadAhead:
+    """Shard ranges fetched ahead of one stream, on ``readahead_requests``
+    threads, holding at most ``readahead`` bytes (fetched or in flight).
+
+    The stream calls ``advance(k)`` before it yields its ``k``-th group: the
+    ranges of earlier groups are let go and more are fetched.  ``get`` serves
+    a read lying inside a range still held (the bytes, not yet checked: the
+    reader decodes and checks them as it would bytes it read itself); any
+    other read, or one whose range failed, takes the reader's ordinary path,
+    so errors are the same with and without read-ahead."""
+
+    def __init__(self, reader: _Reader, locs):
+        o = reader.options
+        self.budget = o.readahead
+        self.chunk = max(1, min(o.window, o.readahead // (2 * o.readahead_requests)))
+        self._fs, self._root = reader.fs, reader.root
+        self._plan = self._ranges(locs)
+        self._next = None  # the next planned range, not fetched yet (over the budget)
+        self._held: deque = deque()  # [shard, start, end, last position, future]
+        self.held_bytes = 0
+        self.max_held = 0  # the most bytes fetched or held at once
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(o.readahead_requests, thread_name_prefix="torch_grouper-readahead")
+
+    def _ranges(self, locs):
+        """Consecutive groups of one shard, contiguous in it, coalesced into
+        ranges of up to ``chunk`` bytes: ``(shard, start, end, last position)``.
+        Groups larger than the budget are left out."""
+        cur = None
+        for pos, shard, offset, length in locs:
+            if cur is not None and shard == cur[0] and offset == cur[2] and offset + length - cur[1] <= self.chunk:
+                cur[2], cur[3] = offset + length, pos
+                continue
+            if cur is not None:
+                yield tuple(cur)
+            cur = [shard, offset, offset + length, pos] if length <= self.budget else None
+        if cur is not None:
+            yield tuple(cur)
+
+    def _fetch(self, shard, start, end):
+        path = posixpath.join(self._root, shard)
+        return storage.read_bytes(self._fs, path, start, end,
+                                  what=f"read {self._reader.where(shard)} bytes {start}-{end}")
+
+    def advance(self, pos: int) -> None:
+        """The stream is at its group ``pos``: drop the ranges before it, fetch more."""
+        with self._lock:
+            held = self._held
+            while held and held[0][3] < pos:
+                shard, start, end, _, fut = held.popleft()
+                fut.cancel()
+                self.held_bytes -= end - start
+            while True:
+                if self._next is None:
+                    self._next = next(self._plan, None)
+                    if self._next is None:
+                        return
+                shard, start, end, last = self._next
+                if last < pos:  # already passed
+                    self._next = None
+                    continue
+                if self.held_bytes + end - start > self.budget:
+                    return
+                held.append([shard, start, end, last, self._pool.submit(self._fetch, shard, start, end)])
+                self.held_bytes += end - start
+                self.max_held = max(self.max_held, self.held_bytes)
+                self._next = None
+
+    def get(self, shard: str, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes at ``offset`` of ``shard`` when a held range has
+        them (waiting for it if it is in flight); None otherwise, or when that
+        range's read failed."""
+        with self._lock:
+            fut = start = None
+            for s, a, b, _, f in self._held:
+                if s == shard and a <= offset and offset + length <= b:
+                    fut, start = f, a
+                    break
+        if fut is None:
+            return None
+        try:
+            data = fut.result()
+        except Exception:  # noqa: BLE001 - read again by the ordinary path, which names the group's bytes
+            return None
+        return data[offset - start:offset - start + length]
+
+    def close(self) -> None:
+        with self._lock:
+            for *_, fut in self._held:
+                fut.cancel()
+            self._held.clear()
+            self.held_bytes = 0
+            self._next = None
+            self._plan = iter(())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._reader._aheads.remove(self)
+        except ValueError:
+            pass
 
 
 def _count_mismatch(where: str, offset: int, gid, n, count: int, got_bytes: int, nbytes: int) -> GroupMismatchError:
@@ -768,20 +901,35 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"state says reader {reader} of {readers} delivered {start} groups, but it has "
                              f"{len(rows)} groups in epoch {self.epoch} of {self.url}")
         skip = self.on_error == "skip"
-        for k in range(start, len(rows)):
-            g = self._group(int(rows[k]))
-            self._delivered = k + 1
-            if skip:
-                try:
+        ahead = self._reader.read_ahead(self._stream_locs(rows, start))
+        try:
+            for k in range(start, len(rows)):
+                if ahead is not None:
+                    ahead.advance(k)
+                g = self._group(int(rows[k]))
+                self._delivered = k + 1
+                if skip:
+                    try:
+                        g.examples()
+                    except (TarFormatError, OSError) as e:
+                        warnings.warn(f"skipping damaged group {g.id!r}: {e}", stacklevel=2)
+                        self.skipped.append((g.id, str(e)))
+                        continue
+                elif in_worker and not self._transforms:
                     g.examples()
-                except (TarFormatError, OSError) as e:
-                    warnings.warn(f"skipping damaged group {g.id!r}: {e}", stacklevel=2)
-                    self.skipped.append((g.id, str(e)))
-                    continue
-            elif in_worker and not self._transforms:
-                g.examples()
-            yield self._apply(g)
+                yield self._apply(g)
+        finally:
+            if ahead is not None:
+                ahead.close()
         self._delivered = 0  # a finished epoch resumes from its start
+
+    def _stream_locs(self, rows, start: int):
+        """``(position, shard, offset, length)`` of the stream's groups from ``start``."""
+        c = self._columns()
+        names, shard, offset, length = c["shard_names"], c["shard"], c["offset"], c["length"]
+        for k in range(start, len(rows)):
+            i = rows[k]
+            yield k, names[shard[i]], int(offset[i]), int(length[i])
 
     # ------------------------------------------------------------- flat view
     def examples(self, *, shuffle_buffer: int = 0, seed: int = 0) -> "FlatView":
