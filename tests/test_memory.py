@@ -232,3 +232,29 @@ def test_spill_directories_without_lock_are_removed_only_when_old(tmp_path):
     os.utime(other, (t, t))
     partition_with(spill, tmp_path, "o")
     assert spill_dirs(spill) == [fresh.name, other.name]
+
+
+def test_spill_directory_of_a_run_killed_while_creating_it_is_removed(tmp_path):
+    """A run killed between making its spill directory and locking it leaves
+    a staging directory (``torch_grouper-new-PID-...``), never an unlocked
+    spill directory: the next run removes it once that PID is gone, and keeps
+    a live process's staging directory for its creation window."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    dead = spill / f"torch_grouper-new-{dead_pid()}-killed"
+    live = spill / f"torch_grouper-new-{os.getpid()}-creating"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "lock").write_bytes(b"")
+    partition_with(spill, tmp_path, "o")
+    assert spill_dirs(spill) == [live.name]
+    t = time.time() - 120  # a creation takes microseconds: a minute-old staging directory is abandoned
+    os.utime(live, (t, t))
+    partition_with(spill, tmp_path, "o2")
+    assert spill_dirs(spill) == []
+    path, fd = local.make_spill_dir(str(spill))  # a spill directory appears only with its lock held
+    try:
+        assert os.path.basename(path).startswith("torch_grouper-") and "-new-" not in path
+        assert os.path.exists(os.path.join(path, local.SPILL_LOCK)) and fd is not None
+    finally:
+        local.remove_spill_dir(path, fd)

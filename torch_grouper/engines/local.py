@@ -200,6 +200,8 @@ def _bounded(pool, fn, args, limit):
 SPILL_LOCK = "lock"  # inside a spill directory: flock-ed by its run for the run's lifetime
 SPILL_UNLOCKED_MAX_AGE_S = 24 * 3600  # a spill directory without a lock file: removed after this
 _SPILL_NAME = r"torch_grouper-\d+-"
+_STAGING_PREFIX = "torch_grouper-new-"  # a spill directory being created (it has no lock yet)
+_STAGING_NAME = r"torch_grouper-new-(\d+)-"
 
 
 def _fcntl():
@@ -217,22 +219,25 @@ def make_spill_dir(tmp_dir: str | None):
 
     The run holds an exclusive ``flock`` on ``path/lock`` until
     ``remove_spill_dir`` (or its death: the kernel drops the lock with the
-    last process holding it, forked pool workers included).  The lock file is
-    locked before it gets its name, so no cleanup ever sees it unlocked while
-    the run lives.  Without ``fcntl``, or on a filesystem without ``flock``,
-    the fd is None and the directory has no lock file."""
-    path = tempfile.mkdtemp(prefix=f"torch_grouper-{os.getpid()}-", dir=tmp_dir)
+    last process holding it, forked pool workers included).  The directory is
+    made under a staging name (``torch_grouper-new-PID-...``), gets its locked
+    lock file there, and only then takes its spill name, so no cleanup ever
+    sees a spill directory unlocked while its run lives.  Without ``fcntl``,
+    or on a filesystem without ``flock``, the fd is None and the directory
+    has no lock file."""
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=tmp_dir)
+    path = os.path.join(os.path.dirname(staging), "torch_grouper-" + os.path.basename(staging)[len(_STAGING_PREFIX):])
+    fd = None
     fcntl = _fcntl()
-    if fcntl is None:
-        return path, None
-    staged = os.path.join(path, SPILL_LOCK + ".new")
-    fd = os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(staged, os.path.join(path, SPILL_LOCK))
-    except OSError:
-        os.close(fd)
-        return path, None
+    if fcntl is not None:
+        fd = os.open(os.path.join(staging, SPILL_LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no flock on this filesystem
+            os.close(fd)
+            os.unlink(os.path.join(staging, SPILL_LOCK))
+            fd = None
+    os.rename(staging, path)
     return path, fd
 
 
@@ -241,6 +246,27 @@ def remove_spill_dir(path: str, lock_fd) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if lock_fd is not None:
         os.close(lock_fd)
+
+
+def _remove_dead_staging(path: str, pid: int) -> None:
+    """A staging directory holds at most an empty lock file, and lives for
+    the microseconds of ``make_spill_dir``: removed once the process named in
+    it is gone, or after a minute whoever it was."""
+    import time
+
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return
+    try:
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    except OSError:  # another user's live process
+        alive = True
+    if not alive or age > 60:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_stale_spills(tmp_dir: str | None) -> None:
@@ -263,6 +289,10 @@ def clean_stale_spills(tmp_dir: str | None) -> None:
     except OSError:
         return
     for name in names:
+        staging = re.match(_STAGING_NAME, name)
+        if staging:  # a run killed while creating its spill directory: nothing in it yet
+            _remove_dead_staging(os.path.join(root, name), int(staging.group(1)))
+            continue
         if not re.match(_SPILL_NAME, name):
             continue
         path = os.path.join(root, name)
