@@ -18,6 +18,15 @@ from .sources import SourceError
 from .tario import GroupMismatchError, TarFormatError
 from .verify import verify
 
+
+def to_ray_dataset(path, **kwargs):
+    """A ``ray.data.Dataset`` with one row per group (see
+    :func:`torch_grouper.ray_data.to_ray_dataset`); Ray is imported on call."""
+    from .ray_data import to_ray_dataset as _to_ray_dataset
+
+    return _to_ray_dataset(path, **kwargs)
+
+
 __all__ = [
     "__version__",
     "Cohorts",
@@ -42,6 +51,7 @@ __all__ = [
     "partition_vertical",
     "partitioners",
     "shard_urls",
+    "to_ray_dataset",
     "transforms",
     "vacuum",
     "verify",
