@@ -22,6 +22,7 @@ import multiprocess as mp
 from .. import storage
 from .steps import (  # noqa: F401 - PartitionError, Run, plan_tasks, task_inputs: re-exported names
     TASK_MIN_BYTES,
+    check_settings,
     TASKS_PER_DATASET,
     Job,
     MapContext,
@@ -56,12 +57,8 @@ class LocalEngine:
                  tasks_per_dataset: int = TASKS_PER_DATASET):
         if num_workers is None:
             num_workers = os.cpu_count() or 1
-        if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        for name, v in (("slice_bytes", slice_bytes), ("chunk_examples", chunk_examples),
-                        ("task_min_bytes", task_min_bytes), ("tasks_per_dataset", tasks_per_dataset)):
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+        check_settings(num_workers=num_workers, slice_bytes=slice_bytes, chunk_examples=chunk_examples,
+                       task_min_bytes=task_min_bytes, tasks_per_dataset=tasks_per_dataset)
         self.num_workers = num_workers
         self.slice_bytes = slice_bytes
         self.chunk_examples = chunk_examples

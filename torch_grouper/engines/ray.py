@@ -43,6 +43,7 @@ from ..sources import FileSlice, HFRowsSlice, Slice
 from .local import clean_stale_spills, make_spill_dir, remove_spill_dir
 from .steps import (
     TASK_MIN_BYTES,
+    check_settings,
     TASKS_PER_DATASET,
     Job,
     MapContext,
@@ -86,11 +87,9 @@ class RayEngine:
                  slice_bytes: int | None = None, chunk_examples: int | None = None,
                  task_min_bytes: int = TASK_MIN_BYTES, tasks_per_dataset: int = TASKS_PER_DATASET,
                  max_retries: int = 3, init_kwargs: dict | None = None):
-        for name, v in (("num_cpus", num_cpus), ("num_workers", num_workers), ("slice_bytes", slice_bytes),
-                        ("chunk_examples", chunk_examples), ("task_min_bytes", task_min_bytes),
-                        ("tasks_per_dataset", tasks_per_dataset)):
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+        check_settings(num_cpus=num_cpus, num_workers=num_workers, slice_bytes=slice_bytes,
+                       chunk_examples=chunk_examples, task_min_bytes=task_min_bytes,
+                       tasks_per_dataset=tasks_per_dataset)
         self.address = address
         self.num_cpus = num_cpus
         self._num_workers = num_workers

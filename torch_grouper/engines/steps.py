@@ -65,6 +65,13 @@ class PartitionError(ValueError):
     """Bad input found while partitioning; the message names the example."""
 
 
+def check_settings(**settings) -> None:
+    """An engine's integer settings: each given one (not None) must be >= 1."""
+    for name, v in settings.items():
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
 # ------------------------------------------------------------ the interface
 @dataclass
 class Job:
