@@ -36,6 +36,19 @@ def s3(monkeypatch_session):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with two CPUs, for one module's single-node tests."""
+    ray = pytest.importorskip("ray")
+    from helpers import RAY_RUNTIME_ENV
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, runtime_env=RAY_RUNTIME_ENV, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def monkeypatch_session():
     mp = pytest.MonkeyPatch()

@@ -9,6 +9,11 @@ import numpy as np
 
 import torch_grouper as tg
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Ray workers import this checkout's torch_grouper (and the test modules, for their key functions)
+RAY_RUNTIME_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+                                "RAY_USAGE_STATS_ENABLED": "0"}}
+
 
 def dataset_dir(path) -> str:
     """The local folder holding the current snapshot's manifest, index and shards."""

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -21,13 +20,10 @@ from torch_grouper import storage  # noqa: E402
 from torch_grouper.engines import LocalEngine, resolve_engine  # noqa: E402
 from torch_grouper.engines.ray import RayEngine  # noqa: E402
 from torch_grouper.partitioners import DirichletPartitioner  # noqa: E402
+from helpers import RAY_RUNTIME_ENV as RUNTIME_ENV, ROOT  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the workers import this checkout's torch_grouper (and this module, for its key functions)
-RUNTIME_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
-                            "RAY_USAGE_STATS_ENABLED": "0"}}
 KW = dict(shard_bytes=60_000, memory_budget=150_000, progress=False)
 PLAN = dict(task_min_bytes=20_000)  # several write tasks on a small corpus
 
@@ -52,16 +48,6 @@ def write_jsonl(path, exs):
 
 def url_head(ex):
     return ex["url"][8:11]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray with two CPUs for this module's single-node tests."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, runtime_env=RUNTIME_ENV, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def dirichlet():

@@ -12,7 +12,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import torch_grouper as tg  # noqa: E402
-from test_ray import KEYS, KW, PLAN, RUNTIME_ENV, digest, rows, write_jsonl  # noqa: E402
+from helpers import RAY_RUNTIME_ENV as RUNTIME_ENV  # noqa: E402
+from test_ray import KEYS, KW, PLAN, digest, rows, write_jsonl  # noqa: E402
 from torch_grouper.engines import LocalEngine  # noqa: E402
 from torch_grouper.engines.ray import RayEngine  # noqa: E402
 

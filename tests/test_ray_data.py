@@ -1,7 +1,6 @@
 """``tg.to_ray_dataset``: a grouped dataset read by Ray Data, one row per
 group, every group exactly once with the examples that were partitioned, from
 the snapshot current when it was called."""
-import os
 import subprocess
 import sys
 
@@ -15,20 +14,10 @@ pytest.importorskip("ray.data")
 
 import torch_grouper as tg  # noqa: E402
 from torch_grouper import ray_data  # noqa: E402
+from helpers import ROOT  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNTIME_ENV = {"env_vars": {"PYTHONPATH": ROOT, "RAY_USAGE_STATS_ENABLED": "0"}}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, runtime_env=RUNTIME_ENV, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def rows(n=1500, tag="a"):
