@@ -881,6 +881,14 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return order[owner == reader]
 
     def __iter__(self):
+        for _, g in self._iter_rows(apply=True):
+            yield g
+
+    def _iter_rows(self, apply: bool = False):
+        """``(index row, group)`` of this reader's share, from the resume point:
+        the groups as read (not yet through ``_apply``, read lazily unless
+        damaged groups are skipped), or with ``apply`` as ``__iter__`` yields
+        them.  ``_delivered`` counts the groups yielded."""
         reader, readers, in_worker = self.reader_share()
         start = 0
         if self._resume is not None:
@@ -906,7 +914,8 @@ class GroupedDataset(torch.utils.data.IterableDataset):
             for k in range(start, len(rows)):
                 if ahead is not None:
                     ahead.advance(k)
-                g = self._group(int(rows[k]))
+                row = int(rows[k])
+                g = self._group(row)
                 self._delivered = k + 1
                 if skip:
                     try:
@@ -915,13 +924,35 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                         warnings.warn(f"skipping damaged group {g.id!r}: {e}", stacklevel=2)
                         self.skipped.append((g.id, str(e)))
                         continue
-                elif in_worker and not self._transforms:
+                if not apply:
+                    yield row, g
+                    continue
+                if in_worker and not self._transforms:
                     g.examples()
-                yield self._apply(g)
+                yield row, self._apply(g)
         finally:
             if ahead is not None:
                 ahead.close()
         self._delivered = 0  # a finished epoch resumes from its start
+
+    def _raw_groups(self) -> bool:
+        """Whether this view's groups are their examples as stored (no
+        ``map_groups`` function, array conversion or example split, damaged
+        groups not skipped): what ``loader.GroupLoader`` may move as JSON text."""
+        return (not self._transforms and self._arrays is None and self.on_error == "raise"
+                and all(step != "examples" for step, _ in self._view))
+
+    def loader(self, *, num_workers: int = 2, stateful: bool = False, bundle_bytes: int = 1 << 20,
+               **dataloader_kwargs):
+        """This dataset's groups read in ``num_workers`` DataLoader workers and
+        handed to this process in bundles (``torch_grouper.loader.GroupLoader``):
+        the groups ``DataLoader(ds, num_workers=num_workers, batch_size=None)``
+        yields, in its order, without its cost per group.  ``stateful``: a
+        torchdata ``StatefulDataLoader``, with ``state_dict``/``load_state_dict``."""
+        from .loader import GroupLoader
+
+        return GroupLoader(self, num_workers=num_workers, stateful=stateful, bundle_bytes=bundle_bytes,
+                           **dataloader_kwargs)
 
     def _stream_locs(self, rows, start: int):
         """``(position, shard, offset, length)`` of the stream's groups from ``start``."""
