@@ -8,6 +8,7 @@ from ._version import __version__
 from .codec import EncodeError
 from .dataset import Cohorts, Group, GroupedDataset, ReadOptions, load_index, shard_urls
 from .engines import LocalEngine
+from .loader import GroupLoader
 from .engines.steps import PartitionError
 from .pipeline import partition, partition_together, partition_vertical
 from .retry import RetryError
@@ -34,6 +35,7 @@ __all__ = [
     "ConcurrentCommitError",
     "EncodeError",
     "Group",
+    "GroupLoader",
     "GroupMismatchError",
     "GroupedDataset",
     "LocalEngine",

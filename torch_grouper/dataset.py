@@ -933,7 +933,10 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         finally:
             if ahead is not None:
                 ahead.close()
-        self._delivered = 0  # a finished epoch resumes from its start
+        # a finished epoch resumes from its start; in a DataLoader worker, a finished share stays finished
+        # (its state may be saved while other workers still yield: StatefulDataLoader restarts every
+        # worker's iteration from its state, and ends the epoch itself when all are done)
+        self._delivered = len(rows) if in_worker else 0
 
     def _raw_groups(self) -> bool:
         """Whether this view's groups are their examples as stored (no

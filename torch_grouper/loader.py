@@ -4,11 +4,12 @@
 main process one item per group: each crossing costs ~100-200 us of queue and
 pickling work, more than reading a small group does, so workers make
 streaming slower than one process.  :class:`GroupLoader`
-(``ds.loader(num_workers=2)`` or ``tg.loader(ds.examples(), ...)``) moves
+(``ds.loader(num_workers=2)``, or ``tg.GroupLoader(ds.examples(), num_workers=2)``
+for the flat stream) moves
 **bundles** instead: each worker reads consecutive groups of its share until
 they hold ``bundle_bytes`` of shard data and sends them as one item, which
 the main process unbundles into the same groups (or ``(group_id, example)``
-pairs) in the same order.
+pairs), each worker's in its order.
 
 What crosses the process boundary:
 
@@ -44,27 +45,20 @@ from .tario import (BLOCK, CHECKSUM_END, CHECKSUM_OFFSET, MAGIC, MAGIC_OFFSET, N
                     TYPEFLAG_OFFSET, checked_members, header_checksum_ok)
 from .views import FlatView
 
-__all__ = ["GroupLoader", "loader"]
+__all__ = ["GroupLoader"]
 
 _FORBIDDEN = ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last", "dataset")
-
-
-def loader(data, *, num_workers: int = 2, stateful: bool = False, bundle_bytes: int = 1 << 20,
-           **dataloader_kwargs) -> "GroupLoader":
-    """A :class:`GroupLoader` over ``data``: a GroupedDataset (or a view or
-    ``map_groups`` copy of one) yields its groups; ``ds.examples()`` yields
-    ``(group_id, example)``."""
-    return GroupLoader(data, num_workers=num_workers, stateful=stateful, bundle_bytes=bundle_bytes,
-                       **dataloader_kwargs)
 
 
 class GroupLoader:
     """Groups (or ``(group_id, example)`` pairs) of a grouped dataset, read in
     ``num_workers`` DataLoader worker processes and handed over in bundles.
 
-    Yields exactly what ``DataLoader(data, num_workers=num_workers,
-    batch_size=None)`` yields, in the same order: every group of each
-    worker's share once, workers taking turns (a bundle at a time).
+    Yields what ``DataLoader(data, num_workers=num_workers,
+    batch_size=None)`` yields: every group of each worker's share once, in
+    the share's order, the same examples; workers take turns a bundle at a
+    time (DataLoader: a group at a time), so with two or more workers the
+    interleaving differs.
 
     Args:
         data: a :class:`~torch_grouper.GroupedDataset` (any view or
@@ -189,9 +183,13 @@ class _Bundles(torch.utils.data.IterableDataset):
     def __init__(self, ds: GroupedDataset, bundle_bytes: int):
         super().__init__()
         self.ds, self.bundle_bytes = ds, bundle_bytes
+        self._at = None  # groups delivered when the last bundle was yielded, while a stream runs
 
     def state_dict(self) -> dict:
-        return self.ds.state_dict()
+        st = self.ds.state_dict()
+        if self._at is not None:  # the last bundle of a share is yielded after the dataset's stream ended
+            st["delivered"] = self._at
+        return st
 
     def load_state_dict(self, state: dict) -> None:
         self.ds.load_state_dict(state)
@@ -206,7 +204,9 @@ class _Bundles(torch.utils.data.IterableDataset):
         b = _Bundle()
         size = 0
         reader = ds._reader
+        self._at = last = None
         for row, g in ds._iter_rows():
+            last = ds._delivered
             if raw:
                 src = g._src
                 if src.length <= whole:
@@ -222,10 +222,13 @@ class _Bundles(torch.utils.data.IterableDataset):
                 b.add(row, g.id, out)
             size += int(lengths[row])
             if size >= self.bundle_bytes:
+                self._at = last
                 yield b.done(reader)
                 b, size = _Bundle(), 0
         if b.rows:
+            self._at = last
             yield b.done(reader)
+        self._at = None
 
 
 def json_members(buf, count: int, nbytes: int) -> tuple[list, list] | None:
@@ -409,7 +412,10 @@ class _Bundle:
         return self
 
     def __reduce__(self):
-        return (_rebuild_bundle, (self.rows, self.ids, self.counts, self.sizes, self.items, self.text))
+        text = self.text
+        if text is not None and type(text) is bytes:  # to the main process through torch's shared memory
+            text = torch.from_numpy(np.frombuffer(text, np.uint8).copy())
+        return (_rebuild_bundle, (self.rows, self.ids, self.counts, self.sizes, self.items, text))
 
     def unbundle(self, ds: GroupedDataset) -> list:
         """The bundle's items (groups, or ``map_groups`` outputs), in order."""
@@ -417,7 +423,8 @@ class _Bundle:
         if self.text is not None:
             expected = sum(c for c in self.counts if c >= 0)
             try:
-                exs = json.loads(self.text.decode("utf-8"))
+                text = self.text if type(self.text) is bytes else memoryview(self.text.numpy())
+                exs = json.loads(str(text, "utf-8"))
                 if len(exs) != expected or not all(type(e) is dict for e in exs):
                     exs = None
             except Exception:  # noqa: BLE001 - decided (and named) below, by the ordinary checked read
