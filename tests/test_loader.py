@@ -135,7 +135,7 @@ def test_group_loader_every_group_once_same_examples_and_order_as_dataloader(req
     path = request.getfixturevalue(which)
     ref = _reference(path)
     ds = tg.GroupedDataset(path)
-    got = list(ds.loader(num_workers=workers, stateful=stateful, bundle_bytes=3_000))
+    got = list(ds.loader(num_workers=workers, stateful=stateful, bundle_bytes=20_000))
     assert Counter(g.id for g in got) == Counter({k: 1 for k in ref})
     for g in got:
         assert _all_same(list(g), ref[g.id]), g.id
@@ -315,15 +315,18 @@ def _damage(path, where: str):
     if where == "header":
         assert data[off + 99] == 0
         data[off + 99] = 0x41
-    else:  # the first member's JSON: "{" -> "["
+    elif where == "text":  # the first member's JSON: "{" -> "["
         assert data[off + 512] == ord("{")
         data[off + 512] = ord("[")
+    else:  # the first member's JSON becomes a list of the same length: valid JSON, not an example
+        size = int(data[off + 124:off + 135], 8)
+        data[off + 512:off + 512 + size] = b"[1" + b" " * (size - 3) + b"]"
     open(p, "wb").write(bytes(data))
     return shard, off
 
 
 @pytest.mark.parametrize("where,match", [("header", "tar header checksum does not match"),
-                                         ("text", "does not decode")])
+                                         ("text", "does not decode"), ("list", "holds a list")])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_group_loader_damage_raises_naming_shard_and_offset(tmp_path, where, match, workers):
     exs = [{"g": f"u{i % 5}", "i": i, "text": "x" * (i % 50)} for i in range(400)]
@@ -396,3 +399,16 @@ def test_stateful_dataloader_resumes_after_a_worker_finished_its_share(json_dir,
                                batch_size=None)
         b.load_state_dict(a.state_dict())
         assert head + [g.id for g in b] == full, cut
+
+
+def test_json_bundle_checks_each_groups_count_and_bytes():
+    """Members moved from one group to the next (same total) are refused."""
+    a = [{"x": k} for k in range(3)]
+    b = [{"x": k} for k in range(3, 5)]
+    pre = [b"0" * 16 + b"_"] * 2
+    bufs = [_tar_group(a, pre[0]), _tar_group(b, pre[1])]
+    nb = [sum(len(json.dumps(e)) for e in g) for g in (a, b)]
+    text, ok = tgl.json_bundle(bufs, pre, [3, 2], nb)
+    assert ok.tolist() == [True, True] and json.loads(text) == a + b
+    assert tgl.json_bundle(bufs, pre, [4, 1], nb)[1].tolist() == [False, False]
+    assert tgl.json_bundle(bufs, pre, [3, 2], [nb[0] + 1, nb[1]])[1].tolist() == [False, True]

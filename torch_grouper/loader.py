@@ -183,13 +183,9 @@ class _Bundles(torch.utils.data.IterableDataset):
     def __init__(self, ds: GroupedDataset, bundle_bytes: int):
         super().__init__()
         self.ds, self.bundle_bytes = ds, bundle_bytes
-        self._at = None  # groups delivered when the last bundle was yielded, while a stream runs
 
     def state_dict(self) -> dict:
-        st = self.ds.state_dict()
-        if self._at is not None:  # the last bundle of a share is yielded after the dataset's stream ended
-            st["delivered"] = self._at
-        return st
+        return self.ds.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.ds.load_state_dict(state)
@@ -204,9 +200,7 @@ class _Bundles(torch.utils.data.IterableDataset):
         b = _Bundle()
         size = 0
         reader = ds._reader
-        self._at = last = None
         for row, g in ds._iter_rows():
-            last = ds._delivered
             if raw:
                 src = g._src
                 if src.length <= whole:
@@ -222,13 +216,10 @@ class _Bundles(torch.utils.data.IterableDataset):
                 b.add(row, g.id, out)
             size += int(lengths[row])
             if size >= self.bundle_bytes:
-                self._at = last
                 yield b.done(reader)
                 b, size = _Bundle(), 0
         if b.rows:
-            self._at = last
             yield b.done(reader)
-        self._at = None
 
 
 def json_members(buf, count: int, nbytes: int) -> tuple[list, list] | None:
