@@ -81,12 +81,16 @@ class RayEngine:
     output; ``task_min_bytes`` and ``tasks_per_dataset`` set the write plan
     as in ``LocalEngine`` (same values, same bytes).  ``max_retries``: how
     often Ray reruns a task whose worker died (the steps are deterministic,
-    so a rerun writes the same bytes)."""
+    so a rerun writes the same bytes).  ``shared_disk=True`` says that this
+    machine's paths (source files, the output folder, ``tmp_dir``, a
+    ``datasets`` Arrow cache) are mounted at the same path on every node
+    (NFS, Lustre, or nodes on one machine); without it such paths are
+    refused on a cluster of more than one node."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, num_workers: int | None = None,
                  slice_bytes: int | None = None, chunk_examples: int | None = None,
                  task_min_bytes: int = TASK_MIN_BYTES, tasks_per_dataset: int = TASKS_PER_DATASET,
-                 max_retries: int = 3, init_kwargs: dict | None = None):
+                 max_retries: int = 3, shared_disk: bool = False, init_kwargs: dict | None = None):
         check_settings(num_cpus=num_cpus, num_workers=num_workers, slice_bytes=slice_bytes,
                        chunk_examples=chunk_examples, task_min_bytes=task_min_bytes,
                        tasks_per_dataset=tasks_per_dataset)
@@ -98,11 +102,13 @@ class RayEngine:
         self.task_min_bytes = task_min_bytes
         self.tasks_per_dataset = tasks_per_dataset
         self.max_retries = max_retries
+        self.shared_disk = shared_disk
         self.init_kwargs = dict(init_kwargs or {})
 
     def __repr__(self) -> str:
         return (f"RayEngine(address={self.address!r}, num_cpus={self.num_cpus}, num_workers={self._num_workers}, "
-                f"task_min_bytes={self.task_min_bytes}, tasks_per_dataset={self.tasks_per_dataset})")
+                f"task_min_bytes={self.task_min_bytes}, tasks_per_dataset={self.tasks_per_dataset}, "
+                f"shared_disk={self.shared_disk})")
 
     # ------------------------------------------------------------ the cluster
     def connect(self):
@@ -132,7 +138,7 @@ class RayEngine:
         source, keyfn = job.source, job.keyfn
         source = _ray_dataset_slices(ray, source)
         workers = self.num_workers
-        _check_paths(ray, job, source)
+        _check_paths(ray, job, source, self.shared_disk)
         budget = max(1 << 20, job.memory_budget // max(1, workers))
         opts = dict(max_retries=self.max_retries, retry_exceptions=False)
         map_remote = ray.remote(num_returns=2)(_map_task).options(**opts)
@@ -224,9 +230,10 @@ def _nodes(ray) -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def _check_paths(ray, job: Job, source) -> None:
+def _check_paths(ray, job: Job, source, shared_disk: bool = False) -> None:
     """Refuse what a worker cannot reach: in-process stores always, paths of
-    this machine on a cluster of more than one node."""
+    this machine on a cluster of more than one node (unless every node
+    mounts them: ``shared_disk``)."""
     out_fs = storage.location(job.output_url, job.storage_options).fs
     if storage.is_memory(out_fs):
         raise ValueError(f"output {job.output_url}: a memory:// store lives in one process; Ray tasks write "
@@ -236,24 +243,25 @@ def _check_paths(ray, job: Job, source) -> None:
         if storage.is_memory(storage.location(s.url, s.storage_options).fs):
             raise ValueError(f"source {s.url}: a memory:// store lives in one process; Ray tasks read the "
                              f"files in their own processes")
-    if _nodes(ray) <= 1:
+    if shared_disk or _nodes(ray) <= 1:
         return
     many = "on a Ray cluster of more than one node"
+    shared = " (or, if every node mounts it at this path, RayEngine(shared_disk=True))"
     if job.tmp_dir is not None:
         raise ValueError(f"tmp_dir={job.tmp_dir!r} is a folder of this machine; {many} each task spills to "
-                         f"its node's own temp dir (TMPDIR): leave tmp_dir=None")
+                         f"its node's own temp dir (TMPDIR): leave tmp_dir=None{shared}")
     if storage.is_local(out_fs):
         raise ValueError(f"output {job.output_url} is on this machine's disk; {many} the shards are written by "
-                         f"the workers: write to a store every node reaches (s3://, gs://, ...)")
+                         f"the workers: write to a store every node reaches (s3://, gs://, ...){shared}")
     for s in files:
         if storage.is_local(storage.location(s.url, s.storage_options).fs):
             raise ValueError(f"source file {s.url} is on this machine's disk; {many} the workers read the "
-                             f"files themselves: put them in a store every node reaches (s3://, gs://, ...)")
+                             f"files themselves: put them in a store every node reaches (s3://, gs://, ...){shared}")
     hf = next((s for s in source.slices if isinstance(s, HFRowsSlice)), None)
     if hf is not None and getattr(hf.dataset, "cache_files", None):
         raise ValueError(f"the datasets.Dataset is backed by Arrow files of this machine "
                          f"({hf.dataset.cache_files[0].get('filename')}); {many} the workers cannot open them: "
-                         f"load it in memory (keep_in_memory=True) or pass its files from a shared store")
+                         f"load it in memory (keep_in_memory=True) or pass its files from a shared store{shared}")
 
 
 # ------------------------------------------------------------ tasks
