@@ -15,7 +15,10 @@ hits every configuration alike):
     one CPU each, each node with its own TMPDIR and a 512 MiB object store.
 
 The partition time excludes starting Ray (a cluster already runs when a user
-partitions on one); the start is reported on its own.  Each process samples,
+partitions on one); the start is reported on its own.  It includes starting
+Ray's worker processes, which import the package for the job (several seconds
+on two busy cores); ``--warm`` also times a second partition in the same
+process, on workers already started.  Each process samples,
 every 0.2 s, the USS and PSS (``/proc/PID/smaps_rollup``) of itself and every
 process below it (pool workers; Ray's raylet, workers and object store), so
 the figures count private memory, not the object store's shared pages that
@@ -43,7 +46,7 @@ CORPORA = {"/tmp/c4s_100k.jsonl": ("100000", "20000", []),
 
 RUN = textwrap.dedent(r"""
     import glob, hashlib, json, os, re, sys, threading, time
-    conf, corpus, out, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    conf, corpus, out, budget, warm = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 
     def tree():
         # this process and every process below it
@@ -99,7 +102,7 @@ RUN = textwrap.dedent(r"""
         from torch_grouper.engines.ray import RayEngine
         env = {"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "RAY_USAGE_STATS_ENABLED": "0"}}
         if kind == "ray":
-            ray.init(num_cpus=n, runtime_env=env, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=n, runtime_env=env, include_dashboard=False, log_to_driver=False)
         else:
             from ray.cluster_utils import Cluster
             base = os.path.dirname(out)
@@ -122,6 +125,12 @@ RUN = textwrap.dedent(r"""
     m = tg.partition(corpus, tg.UrlDomainKey("url"), out, engine=engine, memory_budget=budget,
                      overwrite=True, progress=False)
     secs = time.perf_counter() - t0
+    warm_secs = None
+    if warm:  # a second job on the same engine: Ray's workers are started and have imported the package
+        t0 = time.perf_counter()
+        tg.partition(corpus, tg.UrlDomainKey("url"), out + "-warm", engine=engine, memory_budget=budget,
+                     overwrite=True, progress=False)
+        warm_secs = time.perf_counter() - t0
     stop.set()
     th.join()
     spilled = None
@@ -141,7 +150,7 @@ RUN = textwrap.dedent(r"""
             for b in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(b)
     print(json.dumps({
-        "seconds": secs, "start_s": started, "groups": m["num_groups"], "examples": m["num_examples"],
+        "seconds": secs, "warm_seconds": warm_secs, "start_s": started, "groups": m["num_groups"], "examples": m["num_examples"],
         "shards": len(m["shards"]), "digest": digest.hexdigest(), "spilled_mib": spilled,
         "uss_max_mb": max(u for u, _ in peak.values()),
         "uss_driver_mb": max((u for (pid, _), (u, _) in peak.items() if pid == os.getpid()), default=0),
@@ -157,6 +166,8 @@ def main():
     p.add_argument("--configs", default="local-2,ray-1,ray-2,cluster-3")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--memory-budget", type=int, default=1 << 30, help="partition(memory_budget=) in bytes")
+    p.add_argument("--warm", action="store_true",
+                   help="also time a second partition in the same process (Ray's workers already started)")
     p.add_argument("--json", help="write every run's figures here")
     a = p.parse_args()
     corpora = a.corpus or list(CORPORA)
@@ -174,14 +185,15 @@ def main():
                 work = tempfile.mkdtemp(prefix="tg-engines-")
                 try:
                     out = subprocess.run([sys.executable, "-c", RUN, conf, corpus, os.path.join(work, "out"),
-                                          str(a.memory_budget)], env=env, cwd=work, capture_output=True, text=True)
+                                          str(a.memory_budget), "1" if a.warm else "0"], env=env, cwd=work, capture_output=True, text=True)
                     if out.returncode:
                         sys.exit(f"{conf} on {corpus} failed:\n{out.stderr[-3000:]}")
                     r = json.loads(out.stdout.strip().splitlines()[-1])
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 results.setdefault(corpus, {}).setdefault(conf, []).append(r)
-                print(f"{os.path.basename(corpus)} round {rnd + 1} {conf}: {r['seconds']:.1f} s "
+                warm = f", warm {r['warm_seconds']:.1f} s" if a.warm else ""
+                print(f"{os.path.basename(corpus)} round {rnd + 1} {conf}: {r['seconds']:.1f} s{warm} "
                       f"(start {r['start_s']:.1f} s), USS max {r['uss_max_mb']:.0f} MB, "
                       f"spilled {r['spilled_mib']} MiB, top {r['top'][:2]}", flush=True)
     if a.json:
@@ -193,21 +205,26 @@ def main():
         any_run = next(iter(per.values()))[0]
         print(f"\n{corpus}: {any_run['examples']:,} examples, {any_run['groups']:,} groups, "
               f"{any_run['shards']} shards; outputs byte-identical across all runs: {len(digests) == 1}")
-        print(f"{'engine':<11} {'median s':>9} {'range s':>13} {'start s':>8} {'USS driver':>11} "
+        print(f"{'engine':<11} {'median s':>9} {'range s':>13} {'warm s':>7} {'start s':>8} {'USS driver':>11} "
               f"{'USS worker':>11} {'spilled MiB':>12}")
         med = {}
         for conf, runs in per.items():
             secs = [r["seconds"] for r in runs]
             med[conf] = statistics.median(secs)
             spilled = max((r["spilled_mib"] or 0) for r in runs) if runs[0]["spilled_mib"] is not None else "-"
-            print(f"{conf:<11} {med[conf]:>9.2f} {min(secs):>6.2f}-{max(secs):<6.2f} "
+            warm = (f"{statistics.median(r['warm_seconds'] for r in runs):>7.2f}" if a.warm else f"{'-':>7}")
+            print(f"{conf:<11} {med[conf]:>9.2f} {min(secs):>6.2f}-{max(secs):<6.2f} {warm} "
                   f"{statistics.median(r['start_s'] for r in runs):>8.1f} "
                   f"{max(r['uss_driver_mb'] for r in runs):>8.0f} MB {max(r['uss_workers_max_mb'] for r in runs):>8.0f} MB "
                   f"{spilled:>12}")
         if "local-2" in med:
             for conf in med:
                 if conf != "local-2":
-                    print(f"{conf} / local-2 time: {med[conf] / med['local-2']:.2f} (medians of {a.repeat})")
+                    line = f"{conf} / local-2 time: {med[conf] / med['local-2']:.2f}"
+                    if a.warm:
+                        mw = {c: statistics.median(r["warm_seconds"] for r in per[c]) for c in ("local-2", conf)}
+                        line += f", warm {mw[conf] / mw['local-2']:.2f}"
+                    print(line + f" (medians of {a.repeat})")
         if len(digests) != 1:
             sys.exit(f"{corpus}: outputs differ between engines: {len(digests)} digests")
 

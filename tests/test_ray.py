@@ -192,3 +192,15 @@ def test_ray_dataset_source_in_row_order(local_ray, tmp_path):
                                                                      if k != "manifest.json"}
     got = [ex["i"] for ex in tg.GroupedDataset(tmp_path / "ray")["u31"]]
     assert got == [e["i"] for e in exs if e["user"] == "u31"]
+
+
+# ------------------------------------------------------------ starting Ray (last: it ends the module's Ray)
+def test_num_cpus_starts_a_local_ray_of_that_size(local_ray, tmp_path):
+    """RayEngine(num_cpus=N) with no address starts a new local Ray of N CPUs
+    (address "local"), not a connection to whatever runs on the machine."""
+    ray.shutdown()
+    engine = RayEngine(num_cpus=1, init_kwargs=dict(runtime_env=RUNTIME_ENV, include_dashboard=False,
+                                                     log_to_driver=False))
+    m = tg.partition(rows(200), "user", tmp_path / "o", engine=engine, shard_bytes=20_000, progress=False)
+    assert m["num_examples"] == 200
+    assert ray.cluster_resources()["CPU"] == 1 and engine.num_workers == 1

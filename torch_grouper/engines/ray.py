@@ -73,8 +73,10 @@ class RayEngine:
     """Partition on a Ray cluster.
 
     ``address``: the cluster to connect to (``"auto"``, ``"ray://host:10001"``,
-    ...); None uses ``RAY_ADDRESS`` when set, else starts a local Ray with
-    ``num_cpus`` CPUs (default: all).  When Ray is already initialised in
+    ...); None uses ``RAY_ADDRESS`` when set, else Ray's default (a cluster
+    started with ``ray start`` on this machine, else a new local Ray).  With
+    ``num_cpus`` (and no address) a new local Ray with that many CPUs is
+    started, whatever else runs on the machine.  When Ray is already initialised in
     this process, that connection is used as it is.  ``num_workers`` (how
     finely the source is cut; default: the cluster's CPUs) and
     ``slice_bytes`` / ``chunk_examples`` tune the input cut, never the
@@ -118,7 +120,7 @@ class RayEngine:
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             kw = dict(self.init_kwargs)
             if address is None and self.num_cpus is not None:
-                kw["num_cpus"] = self.num_cpus
+                address, kw["num_cpus"] = "local", self.num_cpus
             ray.init(address=address, **kw)
         return ray
 
