@@ -34,12 +34,15 @@ ROOT = os.path.dirname(HERE)
 BENCH = os.path.join(ROOT, "..", "shared", "bench")
 
 OURS = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, os, resource, sys, time
     import torch_grouper as tg
     src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    c0 = os.times()
     t0 = time.perf_counter()
     m = tg.partition(src, tg.UrlDomainKey("url"), out, num_workers=workers, overwrite=True, progress=False)
     t1 = time.perf_counter()
+    c1 = os.times()  # the pool's workers have exited: their CPU is in children_*
+    cpu = sum(getattr(c1, f) - getattr(c0, f) for f in ("user", "system", "children_user", "children_system"))
     ds = tg.GroupedDataset(out)
     g = n = nbytes = 0
     for grp in ds:
@@ -50,9 +53,31 @@ OURS = textwrap.dedent("""
     t2 = time.perf_counter()
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"groups": g, "examples": n, "text_bytes": nbytes, "partition_s": t1 - t0,
+    print(json.dumps({"groups": g, "examples": n, "text_bytes": nbytes, "partition_s": t1 - t0, "partition_cpu_s": cpu,
                       "iterate_s": t2 - t1, "shards": len(m["shards"]),
                       "rss_main_mb": me / 1024, "rss_worker_mb": kids / 1024, "package": tg.__file__}))
+""")
+
+
+# flwr-datasets' partition step alone (as ../shared/bench/peer_flwr.py does it), with its CPU seconds
+# (all threads: pyarrow's JSON reader is multi-threaded)
+FLWR_PARTITION = textwrap.dedent("""
+    import os, sys, time
+    from urllib.parse import urlparse
+    import datasets
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+    datasets.disable_progress_bars()
+    c0 = os.times()
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=sys.argv[1], split="train", cache_dir=sys.argv[2])
+    ds = ds.map(lambda b: {"domain": [urlparse(u).netloc for u in b["url"]]}, batched=True)
+    part = NaturalIdPartitioner(partition_by="domain")
+    part.dataset = ds
+    n = part.num_partitions
+    t1 = time.perf_counter()
+    c1 = os.times()
+    cpu = sum(getattr(c1, f) - getattr(c0, f) for f in ("user", "system", "children_user", "children_system"))
+    print(f"flwr-partition groups={n} partition_s={t1 - t0:.3f} partition_cpu_s={cpu:.3f}")
 """)
 
 
@@ -71,7 +96,7 @@ def parse_peer(out):
 def median_run(runs):
     """Per-figure medians over repeated runs (machines are noisy)."""
     out = dict(runs[0])
-    for k in ("partition_s", "iterate_s", "rss_main_mb", "rss_worker_mb"):
+    for k in ("partition_s", "partition_cpu_s", "iterate_s", "rss_main_mb", "rss_worker_mb"):
         if k in out:
             out[k] = statistics.median(r[k] for r in runs)
     out["all_partition_s"] = [round(r["partition_s"], 2) for r in runs]
@@ -103,13 +128,18 @@ def main():
                      cwd=work)  # not the caller's directory: "-c" puts it first on sys.path
             return json.loads(out.strip().splitlines()[-1])
 
-        ours, base = [], []
+        ours, base, flwr_part = [], [], []
         base_env = a.baseline and dict(
             os.environ, PYTHONPATH=os.path.abspath(a.baseline) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        have_flwr = os.path.exists(a.flwr_python)
         for _ in range(a.repeat):
             ours.append(ours_once(env))
             if base_env:
                 base.append(ours_once(base_env))
+            if have_flwr:  # partition step only, cold cache, interleaved with ours: time and CPU
+                cache = os.path.join(work, "hfcache")
+                shutil.rmtree(cache, ignore_errors=True)
+                flwr_part.append(parse_peer(sh([a.flwr_python, "-c", FLWR_PARTITION, a.corpus, cache], cwd=work)))
         best = rows["torch_grouper"] = median_run(ours)
         if base:
             rows[f"baseline {a.baseline}"] = median_run(base)
@@ -140,6 +170,17 @@ def main():
         if "all_partition_s" in r:
             print(f"{name}: partition times of the {len(r['all_partition_s'])} runs: {r['all_partition_s']}")
     print(f"torch_grouper peak RSS: main {best['rss_main_mb']:.0f} MB, largest worker {best['rss_worker_mb']:.0f} MB")
+    if flwr_part:
+        fp = median_run(flwr_part)
+        ratios_t = sorted(o["partition_s"] / f["partition_s"] for o, f in zip(ours, flwr_part))
+        ratios_c = sorted(o["partition_cpu_s"] / f["partition_cpu_s"] for o, f in zip(ours, flwr_part))
+        print(f"partition step, interleaved with flwr-datasets' partition step ({a.repeat} rounds):")
+        print(f"  torch_grouper {best['partition_s']:.2f} s wall, {best['partition_cpu_s']:.2f} s CPU; "
+              f"flwr-datasets {fp['partition_s']:.2f} s wall, {fp['partition_cpu_s']:.2f} s CPU (medians)")
+        print(f"  time ratio {best['partition_s'] / fp['partition_s']:.2f} (per-round range "
+              f"{ratios_t[0]:.2f}-{ratios_t[-1]:.2f}; target <= 0.5), CPU ratio "
+              f"{best['partition_cpu_s'] / fp['partition_cpu_s']:.2f} (per-round range {ratios_c[0]:.2f}-"
+              f"{ratios_c[-1]:.2f}; target <= 1.0)")
     ours_rate = best["examples"] / best["iterate_s"]
     for name, r in rows.items():
         if name == "torch_grouper":

@@ -44,7 +44,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, runtime_env=RAY_RUNTIME_ENV, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, runtime_env=RAY_RUNTIME_ENV, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

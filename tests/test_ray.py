@@ -70,8 +70,9 @@ def test_same_bytes_as_the_local_engine(local_ray, tmp_path, key, kind):
     else:
         src = exs
     # a chunk of 1500 examples (~1.5 MB of tar members) spills several runs into its task's one blob
+    parts = {"column": 64, "function": 7, "dirichlet": 1024}[key]  # any cut of the shuffle: the same bytes
     m_ray = tg.partition(src, KEYS[key](), tmp_path / "ray",
-                         engine=RayEngine(slice_bytes=20_000, chunk_examples=1500, **PLAN), **KW)
+                         engine=RayEngine(slice_bytes=20_000, chunk_examples=1500, parts=parts, **PLAN), **KW)
     m_loc = tg.partition(src, KEYS[key](), tmp_path / "loc",
                          engine=LocalEngine(2, slice_bytes=50_000, **PLAN), **KW)
     assert m_ray["num_examples"] == 3000 and len(m_ray["shards"]) > 3
@@ -192,3 +193,56 @@ def test_ray_dataset_source_in_row_order(local_ray, tmp_path):
                                                                      if k != "manifest.json"}
     got = [ex["i"] for ex in tg.GroupedDataset(tmp_path / "ray")["u31"]]
     assert got == [e["i"] for e in exs if e["user"] == "u31"]
+
+
+# ------------------------------------------------------------ the shuffle's parts
+@pytest.mark.parametrize("parts", [64, 1, 7, 1024])
+def test_map_parts_hold_each_bucket_range_once(tmp_path, parts):
+    """A map task's runs, cut into PARTS objects by bucket range: for any
+    bucket range, the part ranges a write task reads (steps.task_inputs over
+    the part runs, run-major) are exactly the original runs' bytes of that
+    range, in run order, and only parts overlapping the range are read."""
+    import random
+
+    from torch_grouper import format as fmt
+    from torch_grouper.engines import ray as ray_engine
+    from torch_grouper.engines.steps import MapContext, map_slice, task_inputs
+    from torch_grouper.sources import as_source
+
+    src = as_source(rows(2000))
+    chunk = next(src.chunks(max_examples=2000))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    ctx = MapContext(src, lambda ex: ex["user"] + ex["url"][8:11], str(spill), 100_000)
+    want = map_slice(ctx, chunk)  # several runs (a small budget), kept as files
+    assert len(want.runs) > 2
+    originals = [open(r.path, "rb").read() for r in want.runs]
+    res, *blobs = ray_engine._map_task(ctx, chunk, None, 7, str(tmp_path), parts)
+    assert len(blobs) == parts
+    assert sorted(map(str, tmp_path.rglob("*.run"))) == sorted(r.path for r in want.runs)  # the task removed its own
+    assert sum(map(len, blobs)) == sum(map(len, originals))
+    blobs = {f"ray-map-7-{p}": bytes(b) for p, b in enumerate(blobs)}
+    rng = random.Random(0)
+    cuts = [(0, fmt.NUM_BUCKETS), (0, 1), (5, 6)] + [tuple(sorted(rng.sample(range(fmt.NUM_BUCKETS + 1), 2)))
+                                                       for _ in range(40)]
+    for lo, hi in cuts:
+        got = b"".join(blobs[p][a:b] for p, a, b in task_inputs(res.runs, lo, hi))
+        exp = b"".join(data[r.offsets[lo]:r.offsets[hi]] for data, r in zip(originals, want.runs))
+        assert got == exp, (lo, hi)
+        touched = {int(p.rsplit("-", 1)[1]) for p, _, _ in task_inputs(res.runs, lo, hi)}
+        bounds = ray_engine.part_bounds(parts)
+        first = max(p for p in range(parts) if bounds[p] <= lo)
+        last = max(p for p in range(parts) if bounds[p] <= max(lo, hi - 1))
+        assert touched <= set(range(first, last + 1)), (lo, hi, touched)
+
+
+# ------------------------------------------------------------ starting Ray (last: it ends the module's Ray)
+def test_num_cpus_starts_a_local_ray_of_that_size(local_ray, tmp_path):
+    """RayEngine(num_cpus=N) with no address starts a new local Ray of N CPUs
+    (address "local"), not a connection to whatever runs on the machine."""
+    ray.shutdown()
+    engine = RayEngine(num_cpus=1, init_kwargs=dict(runtime_env=RUNTIME_ENV, include_dashboard=False,
+                                                     log_to_driver=False))
+    m = tg.partition(rows(200), "user", tmp_path / "o", engine=engine, shard_bytes=20_000, progress=False)
+    assert m["num_examples"] == 200
+    assert ray.cluster_resources()["CPU"] == 1 and engine.num_workers == 1

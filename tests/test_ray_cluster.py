@@ -97,7 +97,7 @@ def test_driver_only_paths_are_refused(cluster, s3_src, tmp_path):
     url, opts = s3_src
     local = write_jsonl(tmp_path / "src.jsonl", rows(10))
     with pytest.raises(ValueError, match=r"source file .*src.jsonl is on this machine's disk; on a Ray cluster of "
-                                         r"more than one node"):
+                                         r"more than one node.*RayEngine\(shared_disk=True\)"):
         tg.partition(local, "user", f"{url}/o", storage_options=opts, engine=RayEngine(), progress=False)
     with pytest.raises(ValueError, match=r"output .*/o2/snapshots/\w+ is on this machine's disk"):
         tg.partition(f"{url}/src/src.jsonl", "user", tmp_path / "o2", storage_options=opts, engine=RayEngine(),
@@ -114,6 +114,19 @@ def test_driver_only_paths_are_refused(cluster, s3_src, tmp_path):
     # in memory, a datasets.Dataset travels with the tasks
     m = tg.partition(ds, "user", f"{url}/o", storage_options=opts, engine=RayEngine(), progress=False)
     assert m["num_examples"] == 10
+
+
+def test_three_nodes_shared_disk_same_bytes(cluster, tmp_path):
+    """Paths every node mounts (here: one machine's disk) with shared_disk=True."""
+    src = write_jsonl(tmp_path / "src.jsonl", rows())
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    m = tg.partition(src, NodeKey(markers), tmp_path / "ray",
+                     engine=RayEngine(slice_bytes=20_000, shared_disk=True, **PLAN), **KW)
+    assert m["num_examples"] == 3000 and len(m["shards"]) > 3
+    assert len(os.listdir(markers)) >= 2  # the tasks ran on several nodes
+    tg.partition(src, NodeKey(markers), tmp_path / "loc", engine=LocalEngine(2, **PLAN), **KW)
+    assert digest(tmp_path / "ray") == digest(tmp_path / "loc")
 
 
 class SlowKey(NodeKey):

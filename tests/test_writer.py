@@ -4,7 +4,10 @@ shard, abort leaves no staged shard behind, label counts add up."""
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
+import textwrap
 
 import fsspec
 import numpy as np
@@ -275,3 +278,20 @@ def test_no_module_imports_the_package_face():
                            for n in names):
                         bad.append(f"{os.path.relpath(path, pkg)}:{node.lineno}: {ast.unparse(node)}")
     assert bad == []
+
+
+def test_partition_does_not_import_torch(tmp_path):
+    """The package face imports the read side (PyTorch datasets) on first use:
+    a partition, in this process or in a cluster's worker, never imports torch."""
+    code = textwrap.dedent("""
+        import sys
+        import torch_grouper as tg
+        from torch_grouper.engines import ray as _ray_engine  # what a Ray worker imports
+        m = tg.partition([{"u": str(i % 3), "x": i} for i in range(30)], "u", sys.argv[1], progress=False)
+        assert m["num_groups"] == 3
+        assert "torch" not in sys.modules, "partition imported torch"
+        assert len(tg.GroupedDataset(sys.argv[1])) == 3 and "torch" in sys.modules
+        assert sorted(n for n in tg.__all__ if not hasattr(tg, n)) == []
+    """)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -6,18 +6,40 @@ filesystem, and stream the groups back as PyTorch IterableDatasets.
 from ._version import __version__
 
 from .codec import EncodeError
-from .dataset import Cohorts, Group, GroupedDataset, ReadOptions, load_index, shard_urls
 from .engines import LocalEngine
 from .loader import GroupLoader
 from .engines.steps import PartitionError
 from .pipeline import partition, partition_together, partition_vertical
 from .retry import RetryError
 from .snapshots import ConcurrentCommitError, SnapshotNotFoundError, list_snapshots, vacuum
-from . import partitioners, transforms
+from . import partitioners
 from .partitioners import ColumnKey, UrlDomainKey
 from .sources import SourceError
 from .tario import GroupMismatchError, TarFormatError
 from .verify import verify
+
+# The read side (PyTorch datasets) is imported on first use, so that the write
+# path (partition, and its worker processes on a cluster) does not pay for
+# importing torch.
+_READ_SIDE = {name: "dataset" for name in ("Cohorts", "Group", "GroupedDataset", "ReadOptions", "load_index",
+                                            "shard_urls")}
+_READ_SIDE["transforms"] = None  # a module of the read side
+
+
+def __getattr__(name):
+    if name not in _READ_SIDE:
+        raise AttributeError(f"module 'torch_grouper' has no attribute {name!r}")
+    import importlib
+
+    module = _READ_SIDE[name]
+    value = (importlib.import_module(f".{name}", __name__) if module is None
+             else getattr(importlib.import_module(f".{module}", __name__), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_READ_SIDE))
 
 
 def to_ray_dataset(path, **kwargs):
