@@ -7,7 +7,6 @@ from ._version import __version__
 
 from .codec import EncodeError
 from .engines import LocalEngine
-from .loader import GroupLoader
 from .engines.steps import PartitionError
 from .pipeline import partition, partition_together, partition_vertical
 from .retry import RetryError
@@ -23,6 +22,7 @@ from .verify import verify
 # importing torch.
 _READ_SIDE = {name: "dataset" for name in ("Cohorts", "Group", "GroupedDataset", "ReadOptions", "load_index",
                                             "shard_urls")}
+_READ_SIDE["GroupLoader"] = "loader"
 _READ_SIDE["transforms"] = None  # a module of the read side
 
 
