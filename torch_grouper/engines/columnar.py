@@ -21,9 +21,9 @@ offset, or maps it.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import format as fmt
 from ..codec import count_example_words, scan_json
@@ -96,15 +96,19 @@ class _Fallback(Exception):
 
 def _rows(lines: list, keyfn):
     """Parse the block's lines as ``_LineSlice.iter`` does (the same JSON
-    scanner) and return ``(key values, words per line)``; _Fallback for any
+    scanner) and return ``(group ids, words per line)``; _Fallback for any
     line the plain path treats specially (a blank line, a ``\\r``, blanks
     after the object, anything that is not a JSON object, a missing or
     non-string key)."""
+    from ..partitioners import UrlDomainKey, url_domain
+
     scan = scan_json
     col = keyfn.column
-    keys: list = []
+    urls = type(keyfn) is UrlDomainKey
+    plain = _PLAIN_URL.fullmatch
+    ids: list = []
     words: list = []
-    add_key, add_words = keys.append, words.append
+    add_id, add_words = ids.append, words.append
     count = count_example_words
     try:
         for line in lines:
@@ -115,37 +119,19 @@ def _rows(lines: list, keyfn):
             v = ex[col]
             if type(v) is not str:
                 raise _Fallback
-            add_key(v)
+            if urls:
+                m = plain(v)
+                v = m.group(1) if m is not None else url_domain(v)
+            add_id(v)
             add_words(count(ex))
     except (ValueError, StopIteration, RecursionError, KeyError):  # UnicodeDecodeError is a ValueError
         raise _Fallback from None
-    return keys, words
+    return ids, words
 
 
-_URL_RE = r"^[A-Za-z]+://(?P<d>[^/?#]*)"
-_PLAIN_URL_RE = r"^[\x21-\x7e]*$"
-
-
-def _group_ids(values: list, keyfn):
-    """The block's group ids as an Arrow string array (``UrlDomainKey``: the
-    domains of the URLs, a regular expression for plain URLs and
-    ``url_domain`` for the rest), or _Fallback."""
-    from ..partitioners import UrlDomainKey, url_domain
-
-    try:
-        arr = pa.array(values, pa.string())
-    except (pa.ArrowException, UnicodeError):  # a lone surrogate: the per-example path names it
-        raise _Fallback from None
-    if type(keyfn) is not UrlDomainKey:
-        return arr
-    plain = pc.match_substring_regex(arr, _PLAIN_URL_RE)
-    dom = pc.extract_regex(arr, _URL_RE).field(0)
-    ok = pc.and_kleene(plain, pc.is_valid(dom))
-    if pc.all(ok).as_py():
-        return dom
-    doms = dom.to_pylist()
-    return pa.array([d if good else url_domain(u) for d, good, u in zip(doms, ok.to_pylist(), values)],
-                    pa.string())
+#: a URL that ``url_domain`` takes its fast path for (letters, "://", printable
+#: ASCII without blanks), its domain (up to the first "/", "?" or "#") in group 1
+_PLAIN_URL = re.compile(r"[A-Za-z]+://([!-\"$-.0->@-~]*)[!-~]*")
 
 
 # ------------------------------------------------------------------ headers
@@ -190,28 +176,25 @@ class _Buffer:
         self.hexes: list = []
         self.index: dict = {}  # group id -> slice group number
 
-    def groups_of(self, ids) -> np.ndarray:
-        """Slice group numbers of an Arrow string array of group ids."""
-        enc = pc.dictionary_encode(ids)
-        lut = np.empty(len(enc.dictionary), dtype=np.int64)
+    def groups_of(self, ids: list) -> np.ndarray:
+        """Slice group numbers of a list of str group ids."""
         index, seen = self.index, self.ctx.seen
-        for i, gid in enumerate(enc.dictionary.to_pylist()):
-            g = index.get(gid)
-            if g is None:
-                ck = (str, gid)
-                hit = seen.get(ck)
-                if hit is None:
-                    canon = gid.encode("utf-8")
-                    h = fmt.group_hash(canon)
-                    if len(seen) > _seen_max():
-                        seen.clear()
-                    hit = seen[ck] = (canon, h, fmt.sample_key_prefix(h), "str")
-                g = index[gid] = len(self.canon)
-                self.canon.append(hit[0])
-                self.hashes.append(hit[1])
-                self.hexes.append(hit[2].encode("ascii"))
-            lut[i] = g
-        return lut[np.asarray(enc.indices, dtype=np.int64)]
+        for gid in dict.fromkeys(ids):
+            if gid in index:
+                continue
+            ck = (str, gid)
+            hit = seen.get(ck)
+            if hit is None:
+                canon = gid.encode("utf-8")  # UnicodeEncodeError: checked by _rows' caller
+                h = fmt.group_hash(canon)
+                if len(seen) > _seen_max():
+                    seen.clear()
+                hit = seen[ck] = (canon, h, fmt.sample_key_prefix(h), "str")
+            index[gid] = len(self.canon)
+            self.canon.append(hit[0])
+            self.hashes.append(hit[1])
+            self.hexes.append(hit[2].encode("ascii"))
+        return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
 
 
 def _seen_max() -> int:
@@ -238,9 +221,9 @@ def map_json(ctx, s, map_examples):
         try:
             if id_type not in (None, "str") or pos + len(chunk) >= 10 ** 13:
                 raise _Fallback  # the per-example path names the first key of the other type
-            values, words = _rows(lines, ctx.keyfn)
-            ids = _group_ids(values, ctx.keyfn)
-        except _Fallback:
+            ids, words = _rows(lines, ctx.keyfn)
+            groups = buf.groups_of(ids)
+        except (_Fallback, UnicodeEncodeError):  # a lone surrogate: the per-example path names it
             if buf.blocks:
                 runs.append(_spill(buf, ctx.spill_dir, s.file_no))
             sub = replace(s, start=pos, end=pos + len(chunk))
@@ -251,7 +234,6 @@ def map_json(ctx, s, map_examples):
             continue
         if id_type is None:
             id_type, id_type_where = "str", s.where(pos)
-        groups = buf.groups_of(ids)
         sizes = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
         locs = np.empty_like(sizes)
         locs[0] = pos
