@@ -221,3 +221,15 @@ def test_eligible_only_for_plain_keys_on_json_lines(tmp_path):
     assert not columnar.eligible(steps.MapContext(ctx.source, lambda e: e["url"], str(tmp_path), 1 << 20), s, None)
     assert not columnar.eligible(steps.MapContext(ctx.source, tg.UrlDomainKey("url"), str(tmp_path), 1 << 20,
                                                   label_column="n"), s, None)
+
+
+def test_fallback_block_between_columnar_blocks_keeps_input_order(tmp_path, monkeypatch):
+    # one group over the whole file; a per-example block in the middle of a slice
+    lines = [json.dumps({"url": "http://one.example/", "text": f"t {i}"}) for i in range(20000)]
+    lines[5000] = " " + lines[5000]  # leading blank: the per-example path takes that block
+    src = tmp_path / "one.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 64 << 10)
+    a, b, spills = _both(tmp_path, src, tg.UrlDomainKey("url"), monkeypatch, slice_bytes=1 << 30)
+    assert a == b and a[0] == "ok"
+    assert spills == 2  # the columnar blocks before and after it
