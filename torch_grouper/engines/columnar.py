@@ -2,22 +2,26 @@
 domain, a block of lines at a time.
 
 ``map_slice`` (``engines/steps.py``) hands a slice here when it can
-(``eligible``).  Each block of a few MB of whole lines is parsed by Arrow's
-JSON reader; the group keys are computed on the key column at once
-(``UrlDomainKey``: one regular expression for plain URLs, ``url_domain`` for
-the rest), group ids are canonicalised and hashed once per distinct group,
-word counts are counted over each string column's bytes (``column_words``),
-the buffer is sorted with numpy, and the tar headers of a run are filled in
-bulk (``_headers``).  A member's data is the line as it is, as in the
+(``eligible``).  Each block of a few MB of whole lines is read at once and
+split on newlines; each line is parsed by the scanner the per-example path
+uses (so what is valid JSON and what its strings are cannot differ), its key
+taken (``UrlDomainKey``: one regular expression for the URLs ``url_domain``
+takes its fast path for, ``url_domain`` for the rest) and its words counted
+(``codec.count_example_words``).  Group ids are canonicalised and hashed once
+per distinct group, a run is sorted with numpy (a stable argsort of the
+groups' ranks keeps input order inside a group), its tar headers are filled
+in bulk (``_headers``) and its members written as (header, line, padding)
+with no per-example copy: a member's data is the line as it is, as in the
 per-example path.
 
 The output is the bytes the per-example path writes: same sample keys,
-headers, padding, counts, and runs in input order.  A block the columnar
-path cannot vouch for (a line that is not a plain ``{...}`` object, a parse
-error, a missing or non-string key, a type Arrow reads differently from
-Python's ``json``, very deep nesting) is handed to the per-example path,
-which then raises the same error, naming the file and the line's byte
-offset, or maps it.
+headers, padding, counts, and runs in input order.  A block with a line the
+columnar path does not take as it is (a blank line, a ``\\r``, blanks
+around the object, invalid JSON, not an object, a missing or non-string key,
+a key that is not valid Unicode, a URL ``url_domain`` refuses) is handed to
+the per-example path (the buffered blocks are spilled first, so runs stay in
+input order), which maps it or raises the same error, naming the file and
+the line's byte offset.
 """
 from __future__ import annotations
 

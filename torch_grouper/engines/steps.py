@@ -14,7 +14,8 @@ in a ``multiprocess`` pool (``engines/local.py``), or as remote tasks.
    the buffer by (group hash, group id, position) and spills it as a *run*
    file in ``ctx.spill_dir``: one *piece* per group (header + the group's tar
    bytes, in input order).  Each run records where each of the NUM_BUCKETS
-   hash buckets starts.  ``MapTotals`` adds the slices' results up, in slice
+   hash buckets starts.  JSON Lines slices keyed by a column or a URL domain
+   take ``engines/columnar.py`` (the same runs, a block of lines at a time).  ``MapTotals`` adds the slices' results up, in slice
    order, and checks that all group ids have one type.
 3. **Plan**: ``plan_write(...)`` cuts the bucket space into ``WriteTask``s of
    similar byte size, from the data alone (``plan_tasks``, ``task_inputs``).
