@@ -150,11 +150,13 @@ def test_bad_line_gives_the_per_example_error(tmp_path, monkeypatch, bad, messag
 
 def test_mixed_key_types_error_names_both(tmp_path, monkeypatch):
     src = tmp_path / "c.jsonl"
-    src.write_text("".join(json.dumps({"k": i, "t": "x"}) + "\n" for i in range(50)) +
-                   "".join(json.dumps({"k": str(i), "t": "x"}) + "\n" for i in range(50)))
-    monkeypatch.setattr(columnar, "BLOCK_BYTES", 1)
-    a, b, _ = _both(tmp_path, src, "k", monkeypatch)
-    assert a == b and a[0] == "error" and "all keys must have one type" in a[1]
+    # int keys (per-example blocks), then str keys in blocks the columnar path would take
+    src.write_text("".join(json.dumps({"k": i, "t": "x"}) + "\n" for i in range(8000)) +
+                   "".join(json.dumps({"k": str(i), "t": "x"}) + "\n" for i in range(8000)))
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 64 << 10)
+    a, b, _ = _both(tmp_path, src, "k", monkeypatch, slice_bytes=1 << 30)
+    assert a == b and a[0] == "error"
+    assert re.search(r"line at byte \d+: group key '0' is str but .*line at byte 0 gave a int key", a[1]), a[1]
 
 
 def test_bulk_headers_are_tario_headers():
