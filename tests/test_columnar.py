@@ -150,8 +150,10 @@ def test_bad_line_gives_the_per_example_error(tmp_path, monkeypatch, bad, messag
 
 def test_mixed_key_types_error_names_both(tmp_path, monkeypatch):
     src = tmp_path / "c.jsonl"
-    # int keys (per-example blocks), then str keys in blocks the columnar path would take
-    src.write_text("".join(json.dumps({"k": i, "t": "x"}) + "\n" for i in range(8000)) +
+    # int keys filling the first block exactly (per-example), then str keys in blocks the columnar path takes
+    ints = [json.dumps({"k": i, "t": "x" * (63 - len(json.dumps({"k": i, "t": ""})))}) for i in range(1024)]
+    assert sum(len(line) + 1 for line in ints) == 64 << 10
+    src.write_text("".join(line + "\n" for line in ints) +
                    "".join(json.dumps({"k": str(i), "t": "x"}) + "\n" for i in range(8000)))
     monkeypatch.setattr(columnar, "BLOCK_BYTES", 64 << 10)
     a, b, _ = _both(tmp_path, src, "k", monkeypatch, slice_bytes=1 << 30)
