@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from urllib.parse import quote, unquote
 
@@ -63,11 +64,32 @@ _encode_json_ascii = json.JSONEncoder(separators=(",", ":"), default=_json_defau
 _WS_TABLE = bytes((32 if chr(i).isspace() else 120) if i < 128 else 120 for i in range(256))
 
 
+#: the non-ASCII characters str.split() splits on (tests check the list against every code point)
+NON_ASCII_SPACE = ("\x85", "\xa0", "\u1680", *map(chr, range(0x2000, 0x200B)), "\u2028", "\u2029", "\u202f",
+                   "\u205f", "\u3000")
+_NON_ASCII_WS = re.compile(b"|".join(re.escape(c.encode()) for c in NON_ASCII_SPACE))
+
+
 def count_words(s: str) -> int:
-    """``len(s.split())``, without building the list for long ASCII text."""
-    if len(s) < 64 or not s.isascii():
+    """``len(s.split())``, without building the list for long text: the
+    words are counted over the UTF-8 bytes, a byte that is not whitespace
+    after one that is (or at the start) starting a word.  The non-ASCII
+    whitespace characters are blanked first (in UTF-8 their byte sequences
+    occur only as those characters), so the count is exact for any text."""
+    if len(s) < 64:
         return len(s.split())
-    t = s.encode("ascii").translate(_WS_TABLE)
+    if s.isascii():
+        t = s.encode("ascii").translate(_WS_TABLE)
+    else:
+        try:
+            b = s.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            return len(s.split())
+        t = b.translate(_WS_TABLE)
+        if _NON_ASCII_WS.search(b) is not None:
+            t = bytearray(t)
+            for m in _NON_ASCII_WS.finditer(b):
+                t[m.start():m.end()] = b" " * (m.end() - m.start())
     return t.count(b" x") + (t[:1] == b"x")
 
 

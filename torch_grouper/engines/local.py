@@ -41,10 +41,14 @@ from .steps import (  # noqa: F401 - PartitionError, Run, plan_tasks, task_input
 )
 
 
+LOCAL_SLICE_BYTES = 32 << 20  # default bytes per file slice (a slice's examples are held in memory up to the budget)
+
+
 class LocalEngine:
     """Partition on this machine with ``num_workers`` processes (default: the
     CPU count).  ``slice_bytes`` (bytes per file slice, default
-    ``sources.SLICE_BYTES``) and ``chunk_examples`` (examples per chunk of a
+    ``LOCAL_SLICE_BYTES``: a slice is spilled as one sorted run, and fewer,
+    larger runs make the write merge cheaper) and ``chunk_examples`` (examples per chunk of a
     streamed source, default ``sources.CHUNK_EXAMPLES``) tune how the input
     is cut, never the output.  ``task_min_bytes`` and ``tasks_per_dataset``
     set the write plan (tasks of about ``total / tasks_per_dataset`` bytes, at
@@ -60,7 +64,7 @@ class LocalEngine:
         check_settings(num_workers=num_workers, slice_bytes=slice_bytes, chunk_examples=chunk_examples,
                        task_min_bytes=task_min_bytes, tasks_per_dataset=tasks_per_dataset)
         self.num_workers = num_workers
-        self.slice_bytes = slice_bytes
+        self.slice_bytes = LOCAL_SLICE_BYTES if slice_bytes is None else slice_bytes
         self.chunk_examples = chunk_examples
         self.task_min_bytes = task_min_bytes
         self.tasks_per_dataset = tasks_per_dataset

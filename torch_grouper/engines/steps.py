@@ -14,7 +14,8 @@ in a ``multiprocess`` pool (``engines/local.py``), or as remote tasks.
    the buffer by (group hash, group id, position) and spills it as a *run*
    file in ``ctx.spill_dir``: one *piece* per group (header + the group's tar
    bytes, in input order).  Each run records where each of the NUM_BUCKETS
-   hash buckets starts.  ``MapTotals`` adds the slices' results up, in slice
+   hash buckets starts.  JSON Lines slices keyed by a column or a URL domain
+   take ``engines/columnar.py`` (the same runs, a block of lines at a time).  ``MapTotals`` adds the slices' results up, in slice
    order, and checks that all group ids have one type.
 3. **Plan**: ``plan_write(...)`` cuts the bucket space into ``WriteTask``s of
    similar byte size, from the data alone (``plan_tasks``, ``task_inputs``).
@@ -52,6 +53,7 @@ from ..partitioners import Partitioner, SliceStart
 from ..retry import RetryError
 from ..sources import Slice, Source
 from ..writer import ShardWriter
+from . import columnar
 
 # piece header: hash, canon_len, num_examples, num_words, num_bytes, blob_len, labels_len
 _PIECE = struct.Struct("<QIIQQQI")  # ... + length of the piece's label counts (JSON)
@@ -212,7 +214,20 @@ def _key_error(s: Slice, loc, keyfn, ex, e) -> PartitionError:
 
 def map_slice(ctx: MapContext, s: Slice, start: SliceStart | None = None) -> MapResult:
     """Key, encode and spill one slice.  ``start`` is the slice's
-    ``SliceStart`` when ``ctx.keyfn`` is a fitted partitioner."""
+    ``SliceStart`` when ``ctx.keyfn`` is a fitted partitioner.  A JSON Lines
+    slice keyed by a column or a URL domain takes the columnar path
+    (``engines/columnar.py``: the same bytes, a block of lines at a time)."""
+    if columnar.eligible(ctx, s, start):
+        runs, n, id_type, id_type_where = columnar.map_json(
+            ctx, s, lambda c, sub, t, w: _map_examples(c, sub, None, t, w))
+        return MapResult(runs, n, id_type, id_type_where)
+    return _map_examples(ctx, s, start)
+
+
+def _map_examples(ctx: MapContext, s: Slice, start: SliceStart | None = None, id_type: str | None = None,
+                  id_type_where: str | None = None) -> MapResult:
+    """``map_slice`` one example at a time (any source, key and partitioner);
+    ``id_type`` / ``id_type_where``: the key type seen before this slice part."""
     keyfn, spill_dir, budget = ctx.keyfn, ctx.spill_dir, ctx.budget
     planned = isinstance(keyfn, Partitioner)
     label_col_stats = ctx.label_column
@@ -226,8 +241,6 @@ def map_slice(ctx: MapContext, s: Slice, start: SliceStart | None = None) -> Map
     buf: list = []
     size = 0
     runs: list = []
-    id_type = None
-    id_type_where = None
     n = 0
     blake = fmt.group_hash
     canon_of = fmt.canonical_group_id
@@ -349,10 +362,18 @@ def _spill(buf: list, spill_dir: str) -> Run:
     """Sort the buffer and write it as one run of per-group pieces.  A failed
     write (a full disk) raises an OSError naming the spill file."""
     buf.sort(key=itemgetter(0, 1, 2))
+    return _spill_file(spill_dir, lambda f: _write_run(buf, f))
+
+
+def _spill_file(spill_dir: str, write) -> Run:
+    """A new run file in ``spill_dir`` written by ``write(file)``, which
+    returns the run's ``(bucket offsets, bucket sizes)``."""
     path = None
     try:
         fd, path = tempfile.mkstemp(suffix=".run", dir=spill_dir)
-        return _write_run(buf, fd, path)
+        with os.fdopen(fd, "wb") as f:
+            offsets, sizes = write(f)
+        return Run(path, offsets, sizes)
     except OSError as e:
         if path is not None:
             try:
@@ -365,7 +386,7 @@ def _spill(buf: list, spill_dir: str) -> Run:
                       ) from e
 
 
-def _write_run(buf: list, fd: int, path: str) -> Run:
+def _write_run(buf: list, f):
     offsets = [0] * (fmt.NUM_BUCKETS + 1)
     pos = 0
     b = 0
@@ -374,45 +395,44 @@ def _write_run(buf: list, fd: int, path: str) -> Run:
     out: list = []
     pending = 0
     sizes: dict = {}
-    with os.fdopen(fd, "wb") as f:
-        i = 0
-        n = len(buf)
-        while i < n:
-            h, canon = buf[i][0], buf[i][1]
-            j = i + 1
-            while j < n and buf[j][0] == h and buf[j][1] == canon:
-                j += 1
-            bk = h >> shift
-            while b <= bk:
-                offsets[b] = pos
-                b += 1
-            blobs = [e[5] for e in buf[i:j]]
-            blob_len = sum(map(len, blobs))
-            sizes[bk] = sizes.get(bk, 0) + blob_len
-            if buf[i][6] is None:
-                lc = b""
-            else:
-                counts: dict = {}
-                for e in buf[i:j]:
-                    counts[e[6]] = counts.get(e[6], 0) + 1
-                lc = json.dumps(counts).encode()
-            out.append(pack(h, len(canon), j - i, sum(e[3] for e in buf[i:j]),
-                            sum(e[4] for e in buf[i:j]), blob_len, len(lc)))
-            out.append(canon)
-            out.append(lc)
-            out.extend(blobs)
-            pos += _PIECE.size + len(canon) + len(lc) + blob_len
-            pending += blob_len
-            if pending >= 4 << 20:
-                f.writelines(out)
-                out = []
-                pending = 0
-            i = j
-        f.writelines(out)
+    i = 0
+    n = len(buf)
+    while i < n:
+        h, canon = buf[i][0], buf[i][1]
+        j = i + 1
+        while j < n and buf[j][0] == h and buf[j][1] == canon:
+            j += 1
+        bk = h >> shift
+        while b <= bk:
+            offsets[b] = pos
+            b += 1
+        blobs = [e[5] for e in buf[i:j]]
+        blob_len = sum(map(len, blobs))
+        sizes[bk] = sizes.get(bk, 0) + blob_len
+        if buf[i][6] is None:
+            lc = b""
+        else:
+            counts: dict = {}
+            for e in buf[i:j]:
+                counts[e[6]] = counts.get(e[6], 0) + 1
+            lc = json.dumps(counts).encode()
+        out.append(pack(h, len(canon), j - i, sum(e[3] for e in buf[i:j]),
+                        sum(e[4] for e in buf[i:j]), blob_len, len(lc)))
+        out.append(canon)
+        out.append(lc)
+        out.extend(blobs)
+        pos += _PIECE.size + len(canon) + len(lc) + blob_len
+        pending += blob_len
+        if pending >= 4 << 20:
+            f.writelines(out)
+            out = []
+            pending = 0
+        i = j
+    f.writelines(out)
     while b <= fmt.NUM_BUCKETS:
         offsets[b] = pos
         b += 1
-    return Run(path, offsets, sizes)
+    return offsets, sizes
 
 
 # -------------------------------------------------------------------- plan
