@@ -181,10 +181,14 @@ def _safe_shard(name, where: str) -> str:
     return name
 
 
-def _read_index(fs, root) -> pa.Table:
+def _read_index(fs, root, *, shard_dictionary: bool = False) -> pa.Table:
+    """The index table; ``shard_dictionary``: the shard column read as an Arrow
+    dictionary (one small int per row instead of one string)."""
     # ParquetFile.read, not read_table: read_table starts pyarrow.dataset (~0.25 s)
     raw = storage.read_bytes(fs, posixpath.join(root, fmt.INDEX))
-    return pq.ParquetFile(pa.BufferReader(raw)).read()
+    f = pq.ParquetFile(pa.BufferReader(raw), read_dictionary=["shard"] if shard_dictionary else None)
+    del raw  # the file object holds the buffer until the table is read
+    return f.read()
 
 
 class _Reader:
@@ -448,6 +452,155 @@ def _int64_column(table: pa.Table, name: str) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr), offset=arr.offset * 8)
 
 
+def _shard_codes(column) -> tuple[list, np.ndarray]:
+    """(shard names in order of first appearance, int32 number of each row's
+    shard) from the index's shard column, dictionary-encoded or not, without
+    a Python string per row.  A null shard is the name None (refused by the
+    caller like any name that is not a shard's)."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    names: dict = {}
+    parts = []
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        values = chunk.dictionary.to_pylist()
+        idx = chunk.indices
+        codes = (np.frombuffer(idx.buffers()[1], dtype=idx.type.to_pandas_dtype(), count=len(idx),
+                               offset=idx.offset * idx.type.bit_width // 8).astype(np.int64))
+        if chunk.null_count:
+            valid = np.fromiter((v is not None for v in idx.to_pylist()), dtype=bool, count=len(idx))
+            codes = np.where(valid, codes, len(values))
+            values = values + [None]
+        uniq, first = np.unique(codes, return_index=True)
+        lut = np.zeros(len(values), np.int32)
+        for local in uniq[np.argsort(first)].tolist():
+            lut[local] = names.setdefault(values[local], len(names))
+        parts.append(lut[codes])
+    shard = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return list(names), shard.astype(np.int32, copy=False)
+
+
+class _GroupIds:
+    """The group ids of an index, held as Arrow buffers: no Python object per
+    group.  Int ids are one int64 numpy array; str and bytes ids are the Arrow
+    column's offsets and data buffer.  ``ids[i]`` makes the Python id of row
+    ``i``; ``canon(i)`` its canonical bytes (``format.canonical_group_id``)."""
+
+    __slots__ = ("id_type", "array", "values", "offsets", "data")
+
+    def __init__(self, array: pa.Array, id_type: str):
+        self.id_type, self.array = id_type, array
+        self.values = self.offsets = self.data = None
+        n = len(array)
+        if id_type == "int":
+            self.values = (np.frombuffer(array.buffers()[1], dtype=np.int64, count=n, offset=array.offset * 8)
+                           if n else np.zeros(0, np.int64))
+        else:
+            large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+            width = 8 if large else 4
+            bufs = array.buffers()
+            self.offsets = (np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32, count=n + 1,
+                                          offset=array.offset * width) if n else np.zeros(1, np.int64))
+            self.data = memoryview(bufs[2]) if len(bufs) > 2 and bufs[2] is not None else memoryview(b"")
+
+    @classmethod
+    def from_column(cls, column, id_type: str) -> "_GroupIds":
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        return cls(arr, id_type)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def canon(self, i: int) -> bytes:
+        """Canonical bytes of the id at row ``i``."""
+        if self.values is not None:
+            return b"%d" % self.values[i]
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes()
+
+    def __getitem__(self, i):
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"group row {i} out of range")
+        if self.values is not None:
+            return int(self.values[i])
+        raw = self.data[self.offsets[i]:self.offsets[i + 1]].tobytes()
+        return raw.decode("utf-8") if self.id_type == "str" else raw
+
+    def __iter__(self):
+        for start in range(0, len(self), 65536):  # Python objects of one slice at a time
+            yield from self.array.slice(start, 65536).to_pylist()
+
+    def tolist(self) -> list:
+        return self.array.to_pylist()
+
+    def take(self, rows: np.ndarray) -> "_GroupIds":
+        """The ids at ``rows`` (a view's ids)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.values is not None:
+            return _GroupIds(pa.array(self.values[rows], type=pa.int64()), self.id_type)
+        off = self.offsets.astype(np.int64)
+        starts, lens = off[rows], off[rows + 1] - off[rows]
+        new_off = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lens, out=new_off[1:])
+        src = np.frombuffer(self.data, dtype=np.uint8) if len(self.data) else np.zeros(0, np.uint8)
+        gather = np.repeat(starts - new_off[:-1], lens) + np.arange(int(new_off[-1]), dtype=np.int64)
+        arrow_type = pa.large_string() if self.id_type == "str" else pa.large_binary()
+        arr = pa.Array.from_buffers(arrow_type, len(rows), [None, pa.py_buffer(new_off),
+                                                             pa.py_buffer(src[gather].tobytes())])
+        return _GroupIds(arr, self.id_type)
+
+    def hashes(self) -> np.ndarray:
+        """``format.group_hash`` of every id, as uint64 (computed a slice at a time)."""
+        n = len(self)
+        out = np.empty(n, dtype=">u8")
+        step = 65536
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            if self.values is not None:
+                canons = [b"%d" % v for v in self.values[start:stop].tolist()]
+            else:
+                data, offs = self.data, self.offsets[start:stop + 1].tolist()
+                canons = [data[a:b] for a, b in zip(offs, offs[1:])]
+            out[start:stop] = np.frombuffer(b"".join([_blake2b(c, digest_size=8).digest() for c in canons]),
+                                            dtype=">u8")
+        return out.astype(np.uint64)
+
+
+class _HashLookup:
+    """Group id -> index row by binary search over the sorted group hashes
+    (``format.group_hash``): 8 bytes per group (16 when the index is not in
+    hash order), no Python object per group.  Rows whose hash matches are
+    confirmed by comparing canonical ids, so colliding hashes are told apart."""
+
+    __slots__ = ("ids", "sorted_hashes", "order")
+
+    def __init__(self, ids: _GroupIds):
+        self.ids = ids
+        h = ids.hashes()
+        if len(h) < 2 or bool(np.all(h[:-1] <= h[1:])):
+            self.order = None  # written in hash order (the writer's order): rows are positions
+            self.sorted_hashes = h
+        else:
+            self.order = np.argsort(h, kind="stable")
+            self.sorted_hashes = h[self.order]
+
+    def row(self, canon: bytes) -> int | None:
+        """The row of the group with canonical id ``canon``, or None."""
+        h = np.uint64(fmt.group_hash(canon))
+        sh = self.sorted_hashes
+        lo = int(np.searchsorted(sh, h, side="left"))
+        n = len(sh)
+        while lo < n and sh[lo] == h:
+            row = lo if self.order is None else int(self.order[lo])
+            if self.ids.canon(row) == canon:
+                return row
+            lo += 1
+        return None
+
+
 # ------------------------------------------------------------------ dataset
 class GroupedDataset(torch.utils.data.IterableDataset):
     """A grouped dataset as a stream of groups (a ``torch`` IterableDataset).
@@ -598,7 +751,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return self._index
 
     def group_ids(self) -> list:
-        return list(self._columns()["ids"])
+        return self._columns()["ids"].tolist()
 
     def group_ids_at(self, rows) -> list:
         """The group ids at index rows ``rows`` (of this view), in that order."""
@@ -691,7 +844,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                                      dtype=np.int64, count=len(rows))
             ids = c["ids"]
             c = {key: (v[rows] if isinstance(v, np.ndarray) else v) for key, v in c.items()}
-            c["ids"] = [ids[i] for i in rows]
+            c["ids"] = ids.take(rows)
             if step == "examples" or "part_n" in c:
                 c["part_n"] = part_n
         return c
@@ -753,16 +906,26 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         if self._cols is None and self._view:
             self._cols = self._view_columns()
         if self._cols is None:
-            idx = self.index
-            names: dict = {}  # shard name -> number (plain Python: pyarrow.compute costs 0.2 s to start)
-            shards = idx["shard"].to_pylist()
-            shard = np.fromiter((names.setdefault(x, len(names)) for x in shards),
-                                dtype=np.int32, count=idx.num_rows)
-            ids = idx["group_id"].to_pylist()
-            for name in names:
+            # read here with the shard column as a dictionary, not through self.index: no Python
+            # object per group (ids stay Arrow buffers, shards small ints)
+            idx = self._index if self._index is not None else _read_index(self._reader.fs, self.root,
+                                                                         shard_dictionary=True)
+            t = idx.schema.field("group_id").type
+            id_type = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t)
+                       else "int" if pa.types.is_integer(t)
+                       else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
+            if id_type is None or id_type != self.manifest.get("group_id_type", id_type):
+                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
+                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
+            if idx["group_id"].null_count:
+                valid = np.fromiter((v is not None for v in idx["group_id"]), dtype=bool, count=idx.num_rows)
+                raise ValueError(f"{self.url}: index row {int(np.argmin(valid))}: group_id is null (a damaged index)")
+            ids = _GroupIds.from_column(idx["group_id"], id_type)
+            names, shard = _shard_codes(idx["shard"])
+            for code, name in enumerate(names):
                 if not (isinstance(name, str) and fmt.SHARD_RE.fullmatch(name)
                         and posixpath.basename(name) == name and "\\" not in name):
-                    row = shards.index(name)
+                    row = int(np.flatnonzero(shard == code)[0])
                     raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): shard name {name!r} is "
                                      f"not a shard file name of this dataset (a tampered index?)")
             cols = {c: _int64_column(idx, c) for c in ("offset", "length", "num_examples", "num_bytes", "num_words")}
@@ -772,16 +935,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                     row = int(bad[0])
                     raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): {c} is "
                                      f"{int(cols[c][row])}, must be >= 0 (a damaged or tampered index)")
-            if idx["group_id"].null_count:
-                raise ValueError(f"{self.url}: index row {ids.index(None)}: group_id is null (a damaged index)")
-            t = idx.schema.field("group_id").type
-            id_type = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t)
-                       else "int" if pa.types.is_integer(t)
-                       else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
-            if id_type is None or id_type != self.manifest.get("group_id_type", id_type):
-                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
-                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
-            self._cols = {"ids": ids, "id_type": id_type, "shard_names": list(names), "shard": shard, **cols}
+            self._cols = {"ids": ids, "id_type": id_type, "shard_names": names, "shard": shard, **cols}
         return self._cols
 
     def _group(self, i: int, ranged: bool = False) -> Group:
@@ -829,7 +983,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def position_of(self, group_id) -> int:
         """The group's row in the index."""
         if self._by_id is None:
-            self._by_id = {g: i for i, g in enumerate(self._columns()["ids"])}
+            self._by_id = _HashLookup(self._columns()["ids"])
         id_type = self.manifest.get("group_id_type")
         if type(group_id) is not int or id_type != "int":  # 1.0 and True hash like 1: check the type
             ok = {"int": int, "str": str, "bytes": bytes}.get(id_type, object)
@@ -839,9 +993,12 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                 raise KeyError(f"no group {group_id!r} of type {type(group_id).__name__} in {self.url}: "
                                f"its group ids are {id_type}")
         try:
-            return self._by_id[group_id]
-        except (KeyError, TypeError):
-            raise KeyError(f"no group {group_id!r} in {self.url}") from None
+            row = self._by_id.row(fmt.canonical_group_id(group_id, self._columns()["id_type"]))
+        except (OverflowError, UnicodeEncodeError, TypeError, ValueError):  # no id of the dataset is like it
+            row = None
+        if row is None:
+            raise KeyError(f"no group {group_id!r} in {self.url}")
+        return row
 
     def reader_share(self) -> tuple[int, int, bool]:
         """(reader number, number of readers, in a DataLoader worker?) for this
