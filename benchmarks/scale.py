@@ -112,7 +112,7 @@ WORDS = ("the of and to in a is that for it as was with be by on not he this are
 def synthetic(n, groups, seed=0):
     \"\"\"n examples of ~200 bytes over exactly ``groups`` users (see the module doc).\"\"\"
     rng = np.random.default_rng(seed)
-    pool = [" ".join(rng.choice(WORDS, size=int(rng.integers(24, 36)))) for _ in range(4096)]
+    pool = [" ".join(rng.choice(WORDS, size=int(rng.integers(30, 46)))) for _ in range(4096)]
     a = 2654435761
     while math.gcd(a, groups) != 1:
         a += 2
