@@ -207,6 +207,7 @@ class _Reader:
         self._open: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
         self._aheads: list = []  # the _ReadAheads of the streams running in this process
+        self._where: dict = {}  # shard -> its URL (error messages; made once per shard)
 
     @property
     def fs(self):
@@ -239,7 +240,10 @@ class _Reader:
         return f
 
     def where(self, shard: str) -> str:
-        return posixpath.join(self.url, shard)
+        w = self._where.get(shard)
+        if w is None:
+            w = self._where[shard] = posixpath.join(self.url, shard)
+        return w
 
     def read(self, shard: str, offset: int, length: int, ranged: bool = False) -> bytes:
         """``length`` bytes at ``offset``: from a stream's read-ahead when it holds
@@ -349,10 +353,12 @@ class _ReadAhead:
         o = reader.options
         self.budget = o.readahead
         self.chunk = max(1, min(o.window, o.readahead // (2 * o.readahead_requests)))
+        self.max_ranges = 64 * o.readahead_requests  # ranges fetched or held at once
         self._fs, self._root = reader.fs, reader.root
         self._plan = self._ranges(locs)
         self._next = None  # the next planned range, not fetched yet (over the budget)
         self._held: deque = deque()  # [shard, start, end, last position, future]
+        self._last = None  # (shard, start, end, bytes) of the held range read last
         self.held_bytes = 0
         self.max_held = 0  # the most bytes fetched or held at once
         self._reader = reader
@@ -387,6 +393,9 @@ class _ReadAhead:
                 shard, start, end, _, fut = held.popleft()
                 fut.cancel()
                 self.held_bytes -= end - start
+                last = self._last
+                if last is not None and (last[0], last[1]) == (shard, start):
+                    self._last = None  # let its bytes go
             while True:
                 if self._next is None:
                     self._next = next(self._plan, None)
@@ -396,8 +405,8 @@ class _ReadAhead:
                 if last < pos:  # already passed
                     self._next = None
                     continue
-                if self.held_bytes + end - start > self.budget:
-                    return
+                if self.held_bytes + end - start > self.budget or len(held) >= self.max_ranges:
+                    return  # (a cap on ranges too: a shuffled stream of small groups is one range each)
                 held.append([shard, start, end, last, self._pool.submit(self._fetch, shard, start, end)])
                 self.held_bytes += end - start
                 self.max_held = max(self.max_held, self.held_bytes)
@@ -407,11 +416,15 @@ class _ReadAhead:
         """The ``length`` bytes at ``offset`` of ``shard`` when a held range has
         them (waiting for it if it is in flight); None otherwise, or when that
         range's read failed."""
+        last = self._last  # the range the previous read came from (consecutive groups share one)
+        if last is not None and last[0] == shard and last[1] <= offset and offset + length <= last[2]:
+            start, data = last[1], last[3]
+            return data[offset - start:offset - start + length]
         with self._lock:
             fut = start = None
             for s, a, b, _, f in self._held:
                 if s == shard and a <= offset and offset + length <= b:
-                    fut, start = f, a
+                    fut, start, stop = f, a, b
                     break
         if fut is None:
             return None
@@ -419,6 +432,7 @@ class _ReadAhead:
             data = fut.result()
         except Exception:  # noqa: BLE001 - read again by the ordinary path, which names the group's bytes
             return None
+        self._last = (shard, start, stop, data)
         return data[offset - start:offset - start + length]
 
     def close(self) -> None:
@@ -426,6 +440,7 @@ class _ReadAhead:
             for *_, fut in self._held:
                 fut.cancel()
             self._held.clear()
+            self._last = None
             self.held_bytes = 0
             self._next = None
             self._plan = iter(())
@@ -515,8 +530,8 @@ class _GroupIds:
     def canon(self, i: int) -> bytes:
         """Canonical bytes of the id at row ``i``."""
         if self.values is not None:
-            return b"%d" % self.values[i]
-        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes()
+            return b"%d" % self.values.item(i)
+        return self.data[self.offsets.item(i):self.offsets.item(i + 1)].tobytes()
 
     def __getitem__(self, i):
         i = int(i)
@@ -524,10 +539,16 @@ class _GroupIds:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"group row {i} out of range")
+        return self.id_and_canon(i)[0]
+
+    def id_and_canon(self, i: int) -> tuple:
+        """(the id at row ``i`` (0 <= i < len), its canonical bytes)."""
         if self.values is not None:
-            return int(self.values[i])
-        raw = self.data[self.offsets[i]:self.offsets[i + 1]].tobytes()
-        return raw.decode("utf-8") if self.id_type == "str" else raw
+            v = self.values.item(i)
+            return v, b"%d" % v
+        offsets = self.offsets
+        raw = self.data[offsets.item(i):offsets.item(i + 1)].tobytes()
+        return (raw.decode("utf-8") if self.id_type == "str" else raw), raw
 
     def __iter__(self):
         for start in range(0, len(self), 65536):  # Python objects of one slice at a time
@@ -942,15 +963,16 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         """Group at index row ``i``; ``ranged``: read by one ranged request
         (random access) rather than through the streaming handle."""
         c = self._columns()
-        gid = c["ids"][i]
-        n = int(c["num_examples"][i])
+        i = int(i)
+        gid, canon = c["ids"].id_and_canon(i)
+        n = c["num_examples"].item(i)
         # members must carry the group's hash in their sample key (checked on every read): the hex
         # of fmt.group_hash's blake2b-64 digest, as fmt.sample_key writes it, computed in one step
-        hexh = _blake2b(fmt.canonical_group_id(gid, c["id_type"]), digest_size=8).hexdigest().encode() + b"_"
-        nbytes = int(c["num_bytes"][i])
+        hexh = _blake2b(canon, digest_size=8).hexdigest().encode() + b"_"
+        nbytes = c["num_bytes"].item(i)
         return Group(
-            gid, num_examples=n, num_bytes=nbytes, num_words=int(c["num_words"][i]),
-            _src=GroupLocation(c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]), hexh,
+            gid, num_examples=n, num_bytes=nbytes, num_words=c["num_words"].item(i),
+            _src=GroupLocation(c["shard_names"][c["shard"].item(i)], c["offset"].item(i), c["length"].item(i), hexh,
                                n, nbytes, ranged),
             _reader=self._reader,
         )
