@@ -610,7 +610,7 @@ class _HashLookup:
 
     def row(self, canon: bytes) -> int | None:
         """The row of the group with canonical id ``canon``, or None."""
-        h = np.uint64(fmt.group_hash(canon))
+        h = np.uint64(int.from_bytes(_blake2b(canon, digest_size=8).digest(), "big"))  # fmt.group_hash
         sh = self.sorted_hashes
         lo = int(np.searchsorted(sh, h, side="left"))
         n = len(sh)
