@@ -24,12 +24,15 @@ ID_SETS = st.one_of(
 ARROW = {"str": pa.string(), "int": pa.int64(), "bytes": pa.binary()}
 
 
-def lookup_of(id_type, ids, permute=None):
+def lookup_of(id_type, ids, permute=None, build=False):
     arr = pa.array(ids, type=ARROW[id_type])
     if permute is not None:
         arr = arr.take(pa.array(permute))
     gids = dataset._GroupIds.from_column(pa.chunked_array([arr]), id_type)
-    return gids, dataset._HashLookup(gids)
+    look = dataset._HashLookup(gids)
+    if build:
+        look.build()
+    return gids, look
 
 
 def others(id_type, ids):
@@ -55,7 +58,7 @@ def test_lookup_matches_a_dict(case, rnd):
     id_type, ids = case
     perm = list(range(len(ids)))
     rnd.shuffle(perm)
-    gids, look = lookup_of(id_type, ids, perm)
+    gids, look = lookup_of(id_type, ids, perm, build=True)
     assert look.sorted_hashes.dtype == np.uint64 and np.all(look.sorted_hashes[:-1] <= look.sorted_hashes[1:])
     want = sorted(fmt.group_hash(gids.canon(i)) for i in range(len(gids)))
     assert look.sorted_hashes.tolist() == want  # the format's group hash, not another
@@ -73,26 +76,47 @@ class _Colliding:
 
 
 @settings(max_examples=80, deadline=None)
-@given(ID_SETS, st.randoms(use_true_random=False))
-def test_colliding_hashes_are_told_apart_by_the_id(case, rnd):
+@given(ID_SETS, st.randoms(use_true_random=False), st.booleans(), st.booleans())
+def test_colliding_hashes_are_told_apart_by_the_id(case, rnd, in_hash_order, build):
     id_type, ids = case
-    perm = list(range(len(ids)))
-    rnd.shuffle(perm)
     real = dataset._blake2b
     dataset._blake2b = _Colliding
     try:
-        gids, look = lookup_of(id_type, ids, perm)
-        assert len(set(look.sorted_hashes.tolist())) <= 3
+        perm = list(range(len(ids)))
+        if in_hash_order:  # as the writer orders rows: by hash, then canonical id
+            perm.sort(key=lambda i: (len(fmt.canonical_group_id(ids[i], id_type)) % 3,
+                                     fmt.canonical_group_id(ids[i], id_type)))
+        else:
+            rnd.shuffle(perm)
+        gids, look = lookup_of(id_type, ids, perm, build=build)
         check_against_dict(id_type, ids, gids, look)
+        assert len(set(look.sorted_hashes.tolist())) <= 3
     finally:
         dataset._blake2b = real
 
 
+def test_hits_in_a_hash_ordered_index_hash_only_the_rows_probed(monkeypatch):
+    """A lookup in the writer's (hash-ordered) index builds nothing per group:
+    it hashes about log2(n) rows; a miss builds the sorted hashes once."""
+    ids = sorted((f"g{i}" for i in range(4096)), key=lambda g: fmt.group_hash(g.encode()))
+    gids, look = lookup_of("str", ids)
+    calls = []
+    real = dataset._blake2b
+    monkeypatch.setattr(dataset, "_blake2b", lambda data, digest_size: calls.append(1) or real(data, digest_size=8))
+    for row in (0, 1000, 4095):
+        calls.clear()
+        assert look.row(ids[row].encode()) == row
+        assert len(calls) <= 2 * 13 + 2 and look.sorted_hashes is None
+    assert look.row(b"absent") is None and look.sorted_hashes is not None and look.order is None
+    _, shuffled = lookup_of("str", ids[::-1])
+    assert shuffled.row(ids[7].encode()) == 4095 - 7 and shuffled.order is not None
+
+
 def test_ids_in_hash_order_need_no_permutation():
     ids = sorted((f"g{i}" for i in range(50)), key=lambda g: fmt.group_hash(g.encode()))
-    gids, look = lookup_of("str", ids)
+    gids, look = lookup_of("str", ids, build=True)
     assert look.order is None
-    _, shuffled = lookup_of("str", ids[::-1])
+    _, shuffled = lookup_of("str", ids[::-1], build=True)
     assert shuffled.order is not None and shuffled.order.dtype.kind == "i"
 
 
@@ -148,6 +172,9 @@ def test_no_python_object_per_group(many):
     n = len(ds)
     assert sum(len(g) for g in ds) == 1500
     ds.position_of("user-3")
+    assert ds._by_id.sorted_hashes is None  # a hit in the writer's index hashes only the rows probed
+    with pytest.raises(KeyError):
+        ds.position_of("absent")
     c = ds._columns()
     assert isinstance(c["ids"], dataset._GroupIds) and isinstance(ds._by_id, dataset._HashLookup)
     assert len(c["shard_names"]) == len(ds.manifest["shards"]) < n

@@ -591,16 +591,29 @@ class _GroupIds:
 
 
 class _HashLookup:
-    """Group id -> index row by binary search over the sorted group hashes
-    (``format.group_hash``): 8 bytes per group (16 when the index is not in
-    hash order), no Python object per group.  Rows whose hash matches are
-    confirmed by comparing canonical ids, so colliding hashes are told apart."""
+    """Group id -> index row by binary search over the group hashes
+    (``format.group_hash``), no Python object per group.  Rows whose hash
+    matches are confirmed by comparing canonical ids, so colliding hashes are
+    told apart.
+
+    An index as this library writes it is in hash order: it is searched as it
+    is, hashing only the ~log2(n) rows probed, so nothing is computed or held
+    per group.  When that search misses (an absent id, or an index in another
+    order), every id is hashed once into a sorted uint64 array (8 bytes per
+    group, plus an int64 permutation when the rows are not in hash order),
+    which then answers every lookup exactly."""
 
     __slots__ = ("ids", "sorted_hashes", "order")
 
     def __init__(self, ids: _GroupIds):
         self.ids = ids
-        h = ids.hashes()
+        self.sorted_hashes = self.order = None
+
+    def build(self) -> None:
+        """Hash every id (once) into the sorted array."""
+        if self.sorted_hashes is not None:
+            return
+        h = self.ids.hashes()
         if len(h) < 2 or bool(np.all(h[:-1] <= h[1:])):
             self.order = None  # written in hash order (the writer's order): rows are positions
             self.sorted_hashes = h
@@ -608,15 +621,32 @@ class _HashLookup:
             self.order = np.argsort(h, kind="stable")
             self.sorted_hashes = h[self.order]
 
+    def _hash_at(self, row: int) -> int:
+        return int.from_bytes(_blake2b(self.ids.canon(row), digest_size=8).digest(), "big")
+
     def row(self, canon: bytes) -> int | None:
         """The row of the group with canonical id ``canon``, or None."""
-        h = np.uint64(int.from_bytes(_blake2b(canon, digest_size=8).digest(), "big"))  # fmt.group_hash
+        h = int.from_bytes(_blake2b(canon, digest_size=8).digest(), "big")  # fmt.group_hash
+        ids, n = self.ids, len(self.ids)
+        if self.sorted_hashes is None:  # search the rows as they are, assuming hash order
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._hash_at(mid) < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            while lo < n and self._hash_at(lo) == h:
+                if ids.canon(lo) == canon:
+                    return lo
+                lo += 1
+            self.build()  # a miss: absent, or the rows are not in hash order; the sorted hashes tell
         sh = self.sorted_hashes
-        lo = int(np.searchsorted(sh, h, side="left"))
-        n = len(sh)
-        while lo < n and sh[lo] == h:
+        hv = np.uint64(h)
+        lo = int(np.searchsorted(sh, hv, side="left"))
+        while lo < n and sh[lo] == hv:
             row = lo if self.order is None else int(self.order[lo])
-            if self.ids.canon(row) == canon:
+            if ids.canon(row) == canon:
                 return row
             lo += 1
         return None
