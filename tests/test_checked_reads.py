@@ -342,3 +342,41 @@ def test_damaged_member_name_is_caught_by_the_header_checksum(data):
     with pytest.raises(tg.TarFormatError, match=rf"byte offset {hdr}: .*(checksum|not a member)"):
         list(tg.GroupedDataset(path)["arr..y"])
     check_equal(list(tg.GroupedDataset(path)["alpha"]), want["alpha"])
+
+
+@pytest.mark.parametrize("field", ["name", "mtime", "size"])
+def test_damaged_header_of_a_json_member_fails_its_checksum(data, field):
+    """JSON-only groups take the streaming fast path, which checks every header
+    too: a digit changed in a member's name (the example still decodes), a
+    changed byte of a fixed field, or of the size, is an error naming the
+    header's byte offset, in the stream and in random access."""
+    path, want = data
+    r = row_of(path, "beta")
+    p = os.path.join(dataset_dir(tg.GroupedDataset(path)), r["shard"])
+    raw = bytearray(open(p, "rb").read())
+    m = list(re.finditer(rb"[0-9a-f]{16}_\d{18}\.json", bytes(raw[r["offset"]:r["offset"] + r["length"]])))[1]
+    hdr = r["offset"] + m.start()
+    at = {"name": hdr + m.end() - m.start() - 6, "mtime": hdr + 140, "size": hdr + 134}[field]
+    raw[at] = ord("7") if raw[at] != ord("7") else ord("6")
+    open(p, "wb").write(bytes(raw))
+    err = rf"{re.escape(r['shard'])}: byte offset {hdr}: tar header checksum does not match"
+    with pytest.raises(tg.TarFormatError, match=err):
+        list(tg.GroupedDataset(path)["beta"])
+    with pytest.raises(tg.TarFormatError, match=err):
+        for g in tg.GroupedDataset(path):
+            list(g)
+    check_equal(list(tg.GroupedDataset(path)["alpha"]), want["alpha"])
+
+
+def test_json_groups_are_read_by_the_fast_path(data, monkeypatch):
+    """Clean JSON-only groups never reach the general (slow) member walk."""
+    from torch_grouper import codec
+
+    path, want = data
+
+    def general(*a, **k):
+        raise AssertionError("general path used")
+
+    monkeypatch.setattr(codec, "checked_members", general)
+    for gid in ("alpha", "beta", "gamma"):
+        check_equal(list(tg.GroupedDataset(path)[gid]), want[gid])

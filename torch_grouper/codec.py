@@ -27,11 +27,13 @@ import io
 import json
 import re
 import sys
+from zlib import adler32
 from urllib.parse import quote, unquote
 
 import numpy as np
 
-from .tario import (BLOCK, MAGIC, MAGIC_OFFSET, NAME_END, PREFIX_OFFSET, SIZE_OFFSET, TYPEFLAG_OFFSET,
+from .tario import (ADLER_CHECKSUM_BASE, BLOCK, CHECKSUM_OFFSET, NAME_END, SIZE_OFFSET, SUMMED_END, TEMPLATE_MID,
+                    TEMPLATE_MID_OFFSET, TEMPLATE_MTIME, TEMPLATE_MTIME_OFFSET, TEMPLATE_TAIL, TYPEFLAG_OFFSET,
                     GroupMismatchError, TarFormatError, checked_members, member, member_bytes)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff")
@@ -391,33 +393,42 @@ def decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally
     Equivalent to ``list(assemble(tario.checked_members(buf, ...), where,
     base, hexh, gid))`` in one tight loop for the common case (one
     ``KEY.json`` member per example whose key starts with ``hexh``, the
-    group's hash and ``_``); from the first member that is anything else it
-    takes the general path, which checks the tar header checksums, validates
-    and names the byte offset of any damage (GroupMismatchError for a member
-    of another group).  ``tally[0]`` (a one-item list) is increased by the
-    bytes of member data decoded.
+    group's hash and ``_``, under a header as this library writes it); from
+    the first member that is anything else it takes the general path, which
+    validates and names the byte offset of any damage (GroupMismatchError
+    for a member of another group).  The tight loop checks every header in
+    full too: its bytes outside the name, size and checksum fields must be
+    the writer's (``tario.TEMPLATE_*``), and its checksum must match (the
+    sum of its first ``tario.SUMMED_END`` bytes from one ``zlib.adler32``
+    call, see ``tario.ADLER_CHECKSUM_BASE``); a header that fails either is handed to the
+    general path, which raises on a bad checksum.  ``tally[0]`` (a one-item
+    list) is increased by the bytes of member data decoded.
     """
     out = []
     append = out.append
     pos = 0
     end = len(buf)
     scan = scan_json
-    startswith = buf.startswith
-    # header fields as locals (the loop runs once per example)
-    magic, magic_at, flag_at, prefix_at, size_at, name_end = (MAGIC, MAGIC_OFFSET, TYPEFLAG_OFFSET, PREFIX_OFFSET,
-                                                            SIZE_OFFSET, NAME_END)
+    startswith, endswith, find = buf.startswith, buf.endswith, buf.find
+    # the fixed parts of a header as this library writes it (see tario._header)
+    tail, tail_at = TEMPLATE_TAIL, TYPEFLAG_OFFSET
+    mid, mid_at, mtime, mtime_at = TEMPLATE_MID, TEMPLATE_MID_OFFSET, TEMPLATE_MTIME, TEMPLATE_MTIME_OFFSET
+    chk_at, chk_base, summed = CHECKSUM_OFFSET, ADLER_CHECKSUM_BASE, SUMMED_END
+    size_at, name_end = SIZE_OFFSET, NAME_END
     size_end = size_at + 11  # the 11 octal digits (a size of 8 GiB or more is not this path's)
     block = BLOCK
     total = 0
     try:
         while pos + block <= end:
-            # startswith(x, at) rather than slices: no new bytes object per member
-            if not startswith(magic, pos + magic_at) or buf[pos + flag_at] not in (48, 0) or buf[pos + prefix_at]:
-                break  # not a plain ustar regular file with a short name
-            if not startswith(hexh, pos):
-                break  # not a member of this group: the general path names it
-            name_stop = buf.find(b"\0", pos, pos + name_end)
-            if not buf.endswith(b".json", pos, name_stop) or buf.find(b"/", pos, name_stop) >= 0:
+            # startswith(x, at) rather than slices: no new bytes object per member.  The tail holds
+            # the type flag (a regular file), the magic and version and an empty name prefix.
+            if not (startswith(tail, pos + tail_at) and startswith(hexh, pos) and startswith(mid, pos + mid_at)
+                    and startswith(mtime, pos + mtime_at)):
+                break  # not a plain member of this group as written here: the general path names it
+            if not startswith(b"%06o\0 " % (chk_base + (adler32(buf[pos:pos + summed]) & 0xFFFF)), pos + chk_at):
+                break  # checksum: the general path checks it the long way and names the header
+            name_stop = find(b"\0", pos, pos + name_end)
+            if name_stop < 0 or not endswith(b".json", pos, name_stop) or find(b"/", pos, name_stop) >= 0:
                 break
             size = int(buf[pos + size_at : pos + size_end], 8)
             data_end = pos + block + size
@@ -425,7 +436,7 @@ def decode_group(buf: bytes, where: str, base: int, hexh: bytes, gid=None, tally
             if data_end > end:
                 break
             if nxt < end and buf[nxt]:  # another member of this example follows?
-                if buf[nxt + flag_at] not in (48, 0):
+                if buf[nxt + tail_at] not in (48, 0):
                     break  # a pax / long-name record: its member's key is not in this header
                 key = buf[pos : name_stop - 4]  # "KEY."
                 if buf[nxt : nxt + len(key)] == key:

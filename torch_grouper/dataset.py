@@ -181,10 +181,14 @@ def _safe_shard(name, where: str) -> str:
     return name
 
 
-def _read_index(fs, root) -> pa.Table:
+def _read_index(fs, root, *, shard_dictionary: bool = False) -> pa.Table:
+    """The index table; ``shard_dictionary``: the shard column read as an Arrow
+    dictionary (one small int per row instead of one string)."""
     # ParquetFile.read, not read_table: read_table starts pyarrow.dataset (~0.25 s)
     raw = storage.read_bytes(fs, posixpath.join(root, fmt.INDEX))
-    return pq.ParquetFile(pa.BufferReader(raw)).read()
+    f = pq.ParquetFile(pa.BufferReader(raw), read_dictionary=["shard"] if shard_dictionary else None)
+    del raw  # the file object holds the buffer until the table is read
+    return f.read()
 
 
 class _Reader:
@@ -203,6 +207,7 @@ class _Reader:
         self._open: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # open handles are shared: one seek+read at a time
         self._aheads: list = []  # the _ReadAheads of the streams running in this process
+        self._where: dict = {}  # shard -> its URL (error messages; made once per shard)
 
     @property
     def fs(self):
@@ -235,7 +240,10 @@ class _Reader:
         return f
 
     def where(self, shard: str) -> str:
-        return posixpath.join(self.url, shard)
+        w = self._where.get(shard)
+        if w is None:
+            w = self._where[shard] = posixpath.join(self.url, shard)
+        return w
 
     def read(self, shard: str, offset: int, length: int, ranged: bool = False) -> bytes:
         """``length`` bytes at ``offset``: from a stream's read-ahead when it holds
@@ -345,10 +353,12 @@ class _ReadAhead:
         o = reader.options
         self.budget = o.readahead
         self.chunk = max(1, min(o.window, o.readahead // (2 * o.readahead_requests)))
+        self.max_ranges = 64 * o.readahead_requests  # ranges fetched or held at once
         self._fs, self._root = reader.fs, reader.root
         self._plan = self._ranges(locs)
         self._next = None  # the next planned range, not fetched yet (over the budget)
         self._held: deque = deque()  # [shard, start, end, last position, future]
+        self._last = None  # (shard, start, end, bytes) of the held range read last
         self.held_bytes = 0
         self.max_held = 0  # the most bytes fetched or held at once
         self._reader = reader
@@ -383,6 +393,9 @@ class _ReadAhead:
                 shard, start, end, _, fut = held.popleft()
                 fut.cancel()
                 self.held_bytes -= end - start
+                last = self._last
+                if last is not None and (last[0], last[1]) == (shard, start):
+                    self._last = None  # let its bytes go
             while True:
                 if self._next is None:
                     self._next = next(self._plan, None)
@@ -392,8 +405,8 @@ class _ReadAhead:
                 if last < pos:  # already passed
                     self._next = None
                     continue
-                if self.held_bytes + end - start > self.budget:
-                    return
+                if self.held_bytes + end - start > self.budget or len(held) >= self.max_ranges:
+                    return  # (a cap on ranges too: a shuffled stream of small groups is one range each)
                 held.append([shard, start, end, last, self._pool.submit(self._fetch, shard, start, end)])
                 self.held_bytes += end - start
                 self.max_held = max(self.max_held, self.held_bytes)
@@ -403,11 +416,15 @@ class _ReadAhead:
         """The ``length`` bytes at ``offset`` of ``shard`` when a held range has
         them (waiting for it if it is in flight); None otherwise, or when that
         range's read failed."""
+        last = self._last  # the range the previous read came from (consecutive groups share one)
+        if last is not None and last[0] == shard and last[1] <= offset and offset + length <= last[2]:
+            start, data = last[1], last[3]
+            return data[offset - start:offset - start + length]
         with self._lock:
             fut = start = None
             for s, a, b, _, f in self._held:
                 if s == shard and a <= offset and offset + length <= b:
-                    fut, start = f, a
+                    fut, start, stop = f, a, b
                     break
         if fut is None:
             return None
@@ -415,6 +432,7 @@ class _ReadAhead:
             data = fut.result()
         except Exception:  # noqa: BLE001 - read again by the ordinary path, which names the group's bytes
             return None
+        self._last = (shard, start, stop, data)
         return data[offset - start:offset - start + length]
 
     def close(self) -> None:
@@ -422,6 +440,7 @@ class _ReadAhead:
             for *_, fut in self._held:
                 fut.cancel()
             self._held.clear()
+            self._last = None
             self.held_bytes = 0
             self._next = None
             self._plan = iter(())
@@ -446,6 +465,191 @@ def _int64_column(table: pa.Table, name: str) -> np.ndarray:
     if arr.null_count or arr.type != pa.int64():
         raise ValueError(f"index column {name!r} must be int64 without nulls")
     return np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr), offset=arr.offset * 8)
+
+
+def _shard_codes(column) -> tuple[list, np.ndarray]:
+    """(shard names in order of first appearance, int32 number of each row's
+    shard) from the index's shard column, dictionary-encoded or not, without
+    a Python string per row.  A null shard is the name None (refused by the
+    caller like any name that is not a shard's)."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    names: dict = {}
+    parts = []
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        values = chunk.dictionary.to_pylist()
+        idx = chunk.indices
+        codes = (np.frombuffer(idx.buffers()[1], dtype=idx.type.to_pandas_dtype(), count=len(idx),
+                               offset=idx.offset * idx.type.bit_width // 8).astype(np.int64))
+        if chunk.null_count:
+            valid = np.fromiter((v is not None for v in idx.to_pylist()), dtype=bool, count=len(idx))
+            codes = np.where(valid, codes, len(values))
+            values = values + [None]
+        uniq, first = np.unique(codes, return_index=True)
+        lut = np.zeros(len(values), np.int32)
+        for local in uniq[np.argsort(first)].tolist():
+            lut[local] = names.setdefault(values[local], len(names))
+        parts.append(lut[codes])
+    shard = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return list(names), shard.astype(np.int32, copy=False)
+
+
+class _GroupIds:
+    """The group ids of an index, held as Arrow buffers: no Python object per
+    group.  Int ids are one int64 numpy array; str and bytes ids are the Arrow
+    column's offsets and data buffer.  ``ids[i]`` makes the Python id of row
+    ``i``; ``canon(i)`` its canonical bytes (``format.canonical_group_id``)."""
+
+    __slots__ = ("id_type", "array", "values", "offsets", "data")
+
+    def __init__(self, array: pa.Array, id_type: str):
+        self.id_type, self.array = id_type, array
+        self.values = self.offsets = self.data = None
+        n = len(array)
+        if id_type == "int":
+            self.values = (np.frombuffer(array.buffers()[1], dtype=np.int64, count=n, offset=array.offset * 8)
+                           if n else np.zeros(0, np.int64))
+        else:
+            large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+            width = 8 if large else 4
+            bufs = array.buffers()
+            self.offsets = (np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32, count=n + 1,
+                                          offset=array.offset * width) if n else np.zeros(1, np.int64))
+            self.data = memoryview(bufs[2]) if len(bufs) > 2 and bufs[2] is not None else memoryview(b"")
+
+    @classmethod
+    def from_column(cls, column, id_type: str) -> "_GroupIds":
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        return cls(arr, id_type)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def canon(self, i: int) -> bytes:
+        """Canonical bytes of the id at row ``i``."""
+        if self.values is not None:
+            return b"%d" % self.values.item(i)
+        return self.data[self.offsets.item(i):self.offsets.item(i + 1)].tobytes()
+
+    def __getitem__(self, i):
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"group row {i} out of range")
+        return self.id_and_canon(i)[0]
+
+    def id_and_canon(self, i: int) -> tuple:
+        """(the id at row ``i`` (0 <= i < len), its canonical bytes)."""
+        if self.values is not None:
+            v = self.values.item(i)
+            return v, b"%d" % v
+        offsets = self.offsets
+        raw = self.data[offsets.item(i):offsets.item(i + 1)].tobytes()
+        return (raw.decode("utf-8") if self.id_type == "str" else raw), raw
+
+    def __iter__(self):
+        for start in range(0, len(self), 65536):  # Python objects of one slice at a time
+            yield from self.array.slice(start, 65536).to_pylist()
+
+    def tolist(self) -> list:
+        return self.array.to_pylist()
+
+    def take(self, rows: np.ndarray) -> "_GroupIds":
+        """The ids at ``rows`` (a view's ids)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.values is not None:
+            return _GroupIds(pa.array(self.values[rows], type=pa.int64()), self.id_type)
+        off = self.offsets.astype(np.int64)
+        starts, lens = off[rows], off[rows + 1] - off[rows]
+        new_off = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lens, out=new_off[1:])
+        src = np.frombuffer(self.data, dtype=np.uint8) if len(self.data) else np.zeros(0, np.uint8)
+        gather = np.repeat(starts - new_off[:-1], lens) + np.arange(int(new_off[-1]), dtype=np.int64)
+        arrow_type = pa.large_string() if self.id_type == "str" else pa.large_binary()
+        arr = pa.Array.from_buffers(arrow_type, len(rows), [None, pa.py_buffer(new_off),
+                                                             pa.py_buffer(src[gather].tobytes())])
+        return _GroupIds(arr, self.id_type)
+
+    def hashes(self) -> np.ndarray:
+        """``format.group_hash`` of every id, as uint64 (computed a slice at a time)."""
+        n = len(self)
+        out = np.empty(n, dtype=">u8")
+        step = 65536
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            if self.values is not None:
+                canons = [b"%d" % v for v in self.values[start:stop].tolist()]
+            else:
+                data, offs = self.data, self.offsets[start:stop + 1].tolist()
+                canons = [data[a:b] for a, b in zip(offs, offs[1:])]
+            out[start:stop] = np.frombuffer(b"".join([_blake2b(c, digest_size=8).digest() for c in canons]),
+                                            dtype=">u8")
+        return out.astype(np.uint64)
+
+
+class _HashLookup:
+    """Group id -> index row by binary search over the group hashes
+    (``format.group_hash``), no Python object per group.  Rows whose hash
+    matches are confirmed by comparing canonical ids, so colliding hashes are
+    told apart.
+
+    An index as this library writes it is in hash order: it is searched as it
+    is, hashing only the ~log2(n) rows probed, so nothing is computed or held
+    per group.  When that search misses (an absent id, or an index in another
+    order), every id is hashed once into a sorted uint64 array (8 bytes per
+    group, plus an int64 permutation when the rows are not in hash order),
+    which then answers every lookup exactly."""
+
+    __slots__ = ("ids", "sorted_hashes", "order")
+
+    def __init__(self, ids: _GroupIds):
+        self.ids = ids
+        self.sorted_hashes = self.order = None
+
+    def build(self) -> None:
+        """Hash every id (once) into the sorted array."""
+        if self.sorted_hashes is not None:
+            return
+        h = self.ids.hashes()
+        if len(h) < 2 or bool(np.all(h[:-1] <= h[1:])):
+            self.order = None  # written in hash order (the writer's order): rows are positions
+            self.sorted_hashes = h
+        else:
+            self.order = np.argsort(h, kind="stable")
+            self.sorted_hashes = h[self.order]
+
+    def _hash_at(self, row: int) -> int:
+        return int.from_bytes(_blake2b(self.ids.canon(row), digest_size=8).digest(), "big")
+
+    def row(self, canon: bytes) -> int | None:
+        """The row of the group with canonical id ``canon``, or None."""
+        h = int.from_bytes(_blake2b(canon, digest_size=8).digest(), "big")  # fmt.group_hash
+        ids, n = self.ids, len(self.ids)
+        if self.sorted_hashes is None:  # search the rows as they are, assuming hash order
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._hash_at(mid) < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            while lo < n and self._hash_at(lo) == h:
+                if ids.canon(lo) == canon:
+                    return lo
+                lo += 1
+            self.build()  # a miss: absent, or the rows are not in hash order; the sorted hashes tell
+        sh = self.sorted_hashes
+        hv = np.uint64(h)
+        lo = int(np.searchsorted(sh, hv, side="left"))
+        while lo < n and sh[lo] == hv:
+            row = lo if self.order is None else int(self.order[lo])
+            if ids.canon(row) == canon:
+                return row
+            lo += 1
+        return None
 
 
 # ------------------------------------------------------------------ dataset
@@ -600,7 +804,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         return self._index
 
     def group_ids(self) -> list:
-        return list(self._columns()["ids"])
+        return self._columns()["ids"].tolist()
 
     def group_ids_at(self, rows) -> list:
         """The group ids at index rows ``rows`` (of this view), in that order."""
@@ -693,7 +897,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                                      dtype=np.int64, count=len(rows))
             ids = c["ids"]
             c = {key: (v[rows] if isinstance(v, np.ndarray) else v) for key, v in c.items()}
-            c["ids"] = [ids[i] for i in rows]
+            c["ids"] = ids.take(rows)
             if step == "examples" or "part_n" in c:
                 c["part_n"] = part_n
         return c
@@ -755,16 +959,26 @@ class GroupedDataset(torch.utils.data.IterableDataset):
         if self._cols is None and self._view:
             self._cols = self._view_columns()
         if self._cols is None:
-            idx = self.index
-            names: dict = {}  # shard name -> number (plain Python: pyarrow.compute costs 0.2 s to start)
-            shards = idx["shard"].to_pylist()
-            shard = np.fromiter((names.setdefault(x, len(names)) for x in shards),
-                                dtype=np.int32, count=idx.num_rows)
-            ids = idx["group_id"].to_pylist()
-            for name in names:
+            # read here with the shard column as a dictionary, not through self.index: no Python
+            # object per group (ids stay Arrow buffers, shards small ints)
+            idx = self._index if self._index is not None else _read_index(self._reader.fs, self.root,
+                                                                         shard_dictionary=True)
+            t = idx.schema.field("group_id").type
+            id_type = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t)
+                       else "int" if pa.types.is_integer(t)
+                       else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
+            if id_type is None or id_type != self.manifest.get("group_id_type", id_type):
+                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
+                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
+            if idx["group_id"].null_count:
+                valid = np.fromiter((v is not None for v in idx["group_id"]), dtype=bool, count=idx.num_rows)
+                raise ValueError(f"{self.url}: index row {int(np.argmin(valid))}: group_id is null (a damaged index)")
+            ids = _GroupIds.from_column(idx["group_id"], id_type)
+            names, shard = _shard_codes(idx["shard"])
+            for code, name in enumerate(names):
                 if not (isinstance(name, str) and fmt.SHARD_RE.fullmatch(name)
                         and posixpath.basename(name) == name and "\\" not in name):
-                    row = shards.index(name)
+                    row = int(np.flatnonzero(shard == code)[0])
                     raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): shard name {name!r} is "
                                      f"not a shard file name of this dataset (a tampered index?)")
             cols = {c: _int64_column(idx, c) for c in ("offset", "length", "num_examples", "num_bytes", "num_words")}
@@ -774,31 +988,23 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                     row = int(bad[0])
                     raise ValueError(f"{self.url}: index row {row} (group {ids[row]!r}): {c} is "
                                      f"{int(cols[c][row])}, must be >= 0 (a damaged or tampered index)")
-            if idx["group_id"].null_count:
-                raise ValueError(f"{self.url}: index row {ids.index(None)}: group_id is null (a damaged index)")
-            t = idx.schema.field("group_id").type
-            id_type = ("str" if pa.types.is_string(t) or pa.types.is_large_string(t)
-                       else "int" if pa.types.is_integer(t)
-                       else "bytes" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else None)
-            if id_type is None or id_type != self.manifest.get("group_id_type", id_type):
-                raise ValueError(f"{self.url}: index group_id column of type {t} does not hold the manifest's "
-                                 f"group_id_type {self.manifest.get('group_id_type')!r} (a damaged index)")
-            self._cols = {"ids": ids, "id_type": id_type, "shard_names": list(names), "shard": shard, **cols}
+            self._cols = {"ids": ids, "id_type": id_type, "shard_names": names, "shard": shard, **cols}
         return self._cols
 
     def _group(self, i: int, ranged: bool = False) -> Group:
         """Group at index row ``i``; ``ranged``: read by one ranged request
         (random access) rather than through the streaming handle."""
         c = self._columns()
-        gid = c["ids"][i]
-        n = int(c["num_examples"][i])
+        i = int(i)
+        gid, canon = c["ids"].id_and_canon(i)
+        n = c["num_examples"].item(i)
         # members must carry the group's hash in their sample key (checked on every read): the hex
         # of fmt.group_hash's blake2b-64 digest, as fmt.sample_key writes it, computed in one step
-        hexh = _blake2b(fmt.canonical_group_id(gid, c["id_type"]), digest_size=8).hexdigest().encode() + b"_"
-        nbytes = int(c["num_bytes"][i])
+        hexh = _blake2b(canon, digest_size=8).hexdigest().encode() + b"_"
+        nbytes = c["num_bytes"].item(i)
         return Group(
-            gid, num_examples=n, num_bytes=nbytes, num_words=int(c["num_words"][i]),
-            _src=GroupLocation(c["shard_names"][c["shard"][i]], int(c["offset"][i]), int(c["length"][i]), hexh,
+            gid, num_examples=n, num_bytes=nbytes, num_words=c["num_words"].item(i),
+            _src=GroupLocation(c["shard_names"][c["shard"].item(i)], c["offset"].item(i), c["length"].item(i), hexh,
                                n, nbytes, ranged),
             _reader=self._reader,
         )
@@ -831,7 +1037,7 @@ class GroupedDataset(torch.utils.data.IterableDataset):
     def position_of(self, group_id) -> int:
         """The group's row in the index."""
         if self._by_id is None:
-            self._by_id = {g: i for i, g in enumerate(self._columns()["ids"])}
+            self._by_id = _HashLookup(self._columns()["ids"])
         id_type = self.manifest.get("group_id_type")
         if type(group_id) is not int or id_type != "int":  # 1.0 and True hash like 1: check the type
             ok = {"int": int, "str": str, "bytes": bytes}.get(id_type, object)
@@ -841,9 +1047,12 @@ class GroupedDataset(torch.utils.data.IterableDataset):
                 raise KeyError(f"no group {group_id!r} of type {type(group_id).__name__} in {self.url}: "
                                f"its group ids are {id_type}")
         try:
-            return self._by_id[group_id]
-        except (KeyError, TypeError):
-            raise KeyError(f"no group {group_id!r} in {self.url}") from None
+            row = self._by_id.row(fmt.canonical_group_id(group_id, self._columns()["id_type"]))
+        except (OverflowError, UnicodeEncodeError, TypeError, ValueError):  # no id of the dataset is like it
+            row = None
+        if row is None:
+            raise KeyError(f"no group {group_id!r} in {self.url}")
+        return row
 
     def reader_share(self) -> tuple[int, int, bool]:
         """(reader number, number of readers, in a DataLoader worker?) for this

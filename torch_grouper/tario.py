@@ -66,6 +66,20 @@ _MID = bytes(_TEMPLATE[100:124])  # mode, uid, gid
 _MTIME = bytes(_TEMPLATE[136:148])
 _TAIL = {f: f + bytes(_TEMPLATE[157:BLOCK]) for f in (b"0", b"x")}
 
+# A regular-file header as ``_header`` writes it, for the checked fast read
+# (codec.decode_group): bytes [100:124] are TEMPLATE_MID, [136:148]
+# TEMPLATE_MTIME and [156:512] TEMPLATE_TAIL (type flag "0", magic, version,
+# devices, an empty name prefix); the name, size and checksum vary.  Its
+# checksum is then ``_TEMPLATE_SUM - sum(TEMPLATE_MID) + sum(header[:SUMMED_END])``,
+# and as those first 136 bytes sum to less than 65521, ``zlib.adler32`` of
+# them gives that sum plus one exactly: checksum = ADLER_CHECKSUM_BASE +
+# (adler32(header[:SUMMED_END]) & 0xFFFF), written as ``b"%06o\0 "``.
+TEMPLATE_MID, TEMPLATE_MID_OFFSET = _MID, 100
+TEMPLATE_MTIME, TEMPLATE_MTIME_OFFSET = _MTIME, 136
+TEMPLATE_TAIL = _TAIL[b"0"]
+SUMMED_END = 136
+ADLER_CHECKSUM_BASE = _TEMPLATE_SUM - sum(_MID) - 1
+
 
 def _header(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
     """A ustar header (name of at most 100 bytes), built by concatenation:
