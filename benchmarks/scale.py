@@ -29,7 +29,6 @@ stream <= 4 min, random access p50 <= 1 ms, peak RSS <= 1 GB per process.
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess

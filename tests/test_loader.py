@@ -84,7 +84,6 @@ def test_workers_forked_after_reading_in_the_main_process_read_their_own_handles
 
 # ------------------------------------------------------------------ GroupLoader (ds.loader)
 import json
-import math
 
 import numpy as np
 import torch
