@@ -164,7 +164,9 @@ def test_worker_node_removed_mid_run_completes_with_the_same_bytes(cluster, s3_s
     while not started.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert started.exists()
-    time.sleep(1.0)
+    while not (markers / "w2").exists() and time.time() < deadline:  # the node to remove is mapping
+        time.sleep(0.05)
+    time.sleep(0.5)
     cluster.remove_node(cluster.workers[-1], allow_graceful=False)
     t.join(300)
     assert not t.is_alive()
