@@ -19,10 +19,11 @@ partitions on one); the start is reported on its own.  It includes starting
 Ray's worker processes, which import the package for the job (several seconds
 on two busy cores); ``--warm`` also times a second partition in the same
 process, on workers already started.  Each process samples,
-every 0.2 s, the USS and PSS (``/proc/PID/smaps_rollup``) of itself and every
-process below it (pool workers; Ray's raylet, workers and object store), so
-the figures count private memory, not the object store's shared pages that
-RSS counts.  For Ray, the bytes the object store spilled to disk come from
+every 0.2 s, the USS and PSS (``/proc/PID/smaps``) of itself and every
+process below it (pool workers; Ray's raylet, workers and object store),
+without the object store's shared-memory file: its pages count as private
+to the worker that created an object, so they are reported on their own
+(the largest per process), not as the worker's memory.  For Ray, the bytes the object store spilled to disk come from
 Ray's memory summary.  The output of every configuration is hashed: all must
 be byte-identical (the run fails otherwise).
 
@@ -66,15 +67,29 @@ RUN = textwrap.dedent(r"""
         return out
 
     def mem(pid):
+        # USS (private pages) without the object store's shared-memory file, which counts as private
+        # to the worker that created an object; the store's pages are reported on their own
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                d = dict(re.findall(r"^(\w+):\s+(\d+) kB", f.read(), re.M))
+            with open(f"/proc/{pid}/smaps") as f:
+                text = f.read()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 name = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             return None
-        uss = int(d.get("Private_Clean", 0)) + int(d.get("Private_Dirty", 0))
-        return name, uss / 1024, int(d.get("Pss", 0)) / 1024
+        uss = store = pss = 0
+        in_store = False
+        for line in text.splitlines():
+            if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                in_store = "plasma" in line
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                kb = int(line.split()[1])
+                if in_store:
+                    store += kb
+                else:
+                    uss += kb
+            elif line.startswith("Pss:") and not in_store:
+                pss += int(line.split()[1])
+        return name, uss / 1024, pss / 1024, store / 1024
 
     peak = {}  # (pid, name) -> (uss, pss) peaks
     stop = threading.Event()
@@ -84,9 +99,9 @@ RUN = textwrap.dedent(r"""
             for pid in tree():
                 m = mem(pid)
                 if m:
-                    name, uss, pss = m
-                    u, p = peak.get((pid, name), (0, 0))
-                    peak[(pid, name)] = (max(u, uss), max(p, pss))
+                    name, uss, pss, store = m
+                    u, p, st = peak.get((pid, name), (0, 0, 0))
+                    peak[(pid, name)] = (max(u, uss), max(p, pss), max(st, store))
             stop.wait(0.2)
 
     import torch_grouper as tg
@@ -152,10 +167,11 @@ RUN = textwrap.dedent(r"""
     print(json.dumps({
         "seconds": secs, "warm_seconds": warm_secs, "start_s": started, "groups": m["num_groups"], "examples": m["num_examples"],
         "shards": len(m["shards"]), "digest": digest.hexdigest(), "spilled_mib": spilled,
-        "uss_max_mb": max(u for u, _ in peak.values()),
-        "uss_driver_mb": max((u for (pid, _), (u, _) in peak.items() if pid == os.getpid()), default=0),
-        "uss_workers_max_mb": max((u for (pid, _), (u, _) in peak.items() if pid != os.getpid()), default=0),
-        "top": sorted(((round(u), round(p), name[-40:]) for (pid, name), (u, p) in peak.items()), reverse=True)[:4],
+        "uss_max_mb": max(u for u, _, _ in peak.values()),
+        "uss_driver_mb": max((u for (pid, _), (u, _, _) in peak.items() if pid == os.getpid()), default=0),
+        "uss_workers_max_mb": max((u for (pid, _), (u, _, _) in peak.items() if pid != os.getpid()), default=0),
+        "store_private_max_mb": max(st for _, _, st in peak.values()),
+        "top": sorted(((round(u), round(p), name[-40:]) for (pid, name), (u, p, _) in peak.items()), reverse=True)[:4],
     }))
 """)
 
@@ -206,7 +222,7 @@ def main():
         print(f"\n{corpus}: {any_run['examples']:,} examples, {any_run['groups']:,} groups, "
               f"{any_run['shards']} shards; outputs byte-identical across all runs: {len(digests) == 1}")
         print(f"{'engine':<11} {'median s':>9} {'range s':>13} {'warm s':>7} {'start s':>8} {'USS driver':>11} "
-              f"{'USS worker':>11} {'spilled MiB':>12}")
+              f"{'USS worker':>11} {'store/proc':>11} {'spilled MiB':>12}")
         med = {}
         for conf, runs in per.items():
             secs = [r["seconds"] for r in runs]
@@ -216,6 +232,7 @@ def main():
             print(f"{conf:<11} {med[conf]:>9.2f} {min(secs):>6.2f}-{max(secs):<6.2f} {warm} "
                   f"{statistics.median(r['start_s'] for r in runs):>8.1f} "
                   f"{max(r['uss_driver_mb'] for r in runs):>8.0f} MB {max(r['uss_workers_max_mb'] for r in runs):>8.0f} MB "
+                  f"{max(r['store_private_max_mb'] for r in runs):>8.0f} MB "
                   f"{spilled:>12}")
         if "local-2" in med:
             for conf in med:
