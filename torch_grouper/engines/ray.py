@@ -44,7 +44,7 @@ import numpy as np
 from .. import format as fmt
 from .. import storage
 from ..sources import FileSlice, HFRowsSlice, Slice
-from .local import clean_stale_spills, make_spill_dir, remove_spill_dir
+from .local import LOCAL_SLICE_BYTES, clean_stale_spills, make_spill_dir, remove_spill_dir
 from .steps import (
     TASK_MIN_BYTES,
     check_settings,
@@ -112,7 +112,8 @@ class RayEngine:
     started, whatever else runs on the machine.  When Ray is already initialised in
     this process, that connection is used as it is.  ``num_workers`` (how
     finely the source is cut; default: the cluster's CPUs) and
-    ``slice_bytes`` / ``chunk_examples`` tune the input cut, never the
+    ``slice_bytes`` (default ``LOCAL_SLICE_BYTES``, as ``LocalEngine``) /
+    ``chunk_examples`` tune the input cut, never the
     output; ``task_min_bytes`` and ``tasks_per_dataset`` set the write plan
     as in ``LocalEngine`` (same values, same bytes).  ``max_retries``: how
     often Ray reruns a task whose worker died (the steps are deterministic,
@@ -136,7 +137,7 @@ class RayEngine:
         self.address = address
         self.num_cpus = num_cpus
         self._num_workers = num_workers
-        self.slice_bytes = slice_bytes
+        self.slice_bytes = LOCAL_SLICE_BYTES if slice_bytes is None else slice_bytes  # as LocalEngine: fewer tasks
         self.chunk_examples = chunk_examples
         self.task_min_bytes = task_min_bytes
         self.tasks_per_dataset = tasks_per_dataset
